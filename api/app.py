@@ -1,0 +1,45 @@
+"""Application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+from api import problems
+from api.routes import events, health, parties
+from ledger.config import Settings
+from ledger.events import DATA_SCHEMAS
+from ledger.services import Ledger
+
+
+def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -> Flask:
+    ledger = ledger or Ledger.open(settings)
+    app = Flask("magledger")
+    app.config.update(
+        API_TITLE="magledger",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        MAX_CONTENT_LENGTH=ledger.settings.max_body_bytes,
+        API_SPEC_OPTIONS={
+            "info": {"description": "Tamper-evident custody ledger for rare-earth permanent magnets."},
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"bearer": []}],
+        },
+    )
+    app.extensions["magledger"] = ledger
+    api = Api(app)
+    for event_type, schema in DATA_SCHEMAS.items():
+        api.spec.components.schema(_schema_name(event_type), schema=type(schema))
+    api.register_blueprint(health.blp)
+    api.register_blueprint(parties.blp)
+    api.register_blueprint(events.blp)
+    problems.install(app)
+    return app
+
+
+def _schema_name(event_type: str) -> str:
+    return "Data" + "".join(part.capitalize() for part in event_type.replace(".", "_").split("_"))

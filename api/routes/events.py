@@ -1,0 +1,62 @@
+from flask import current_app, request
+from flask_smorest import Blueprint
+
+from api.auth import current_party, requires
+from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
+from ledger.errors import Invalid, NotFound
+from ledger.events import loads, parse_post
+
+blp = Blueprint("events", __name__, url_prefix="/v1/events", description="The append-only custody log")
+
+POST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {
+        "description": "One event, or {\"events\": [...]} (at most 1,000, written atomically). "
+                       "`data` follows the Data* schema of the event's type.",
+        "type": "object",
+    }}},
+}
+
+
+def _ledger():
+    return current_app.extensions["magledger"]
+
+
+@blp.route("", methods=["POST"])
+@requires("partner", "regulator")
+@blp.doc(requestBody=POST_BODY)
+@blp.response(201, Receipts)
+@blp.alt_response(200, schema=Receipts, description="Every event was already in the log (an idempotent replay).")
+def post_events():
+    """Append one event or an atomic batch; replaying an event answers its original receipt."""
+    ledger = _ledger()
+    try:
+        body = loads(request.get_data(cache=False))
+    except ValueError as error:
+        raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
+    new_events, is_batch = parse_post(body, ledger.store.clock(), ledger.settings.max_events_per_post)
+    result = ledger.store.append(current_party(), new_events, is_batch)
+    return {"receipts": result.receipts}, 201 if result.created else 200
+
+
+@blp.route("", methods=["GET"])
+@requires()
+@blp.arguments(FeedArgs, location="query")
+@blp.response(200, EventPage)
+def feed(args):
+    """The log in position order; partners see only events of batches they may see."""
+    page = _ledger().store.feed(after=args["after"], limit=args["limit"], batch_id=args["batch_id"],
+                                event_type=args["type"], visible_to=current_party())
+    return {"items": [e.envelope() for e in page],
+            "next": page[-1].position if len(page) == args["limit"] else None}
+
+
+@blp.route("/<event_id>", methods=["GET"])
+@requires()
+@blp.response(200, RecordedEvent)
+def get_event(event_id):
+    """One event exactly as stored; its leaf hash can be recomputed from this answer."""
+    event = _ledger().store.get(event_id.lower(), visible_to=current_party())
+    if event is None:
+        raise NotFound(f"No event {event_id!r}.")
+    return event.envelope()

@@ -1,0 +1,85 @@
+"""The `magledger` command (SPEC 9): exit 0 on success, 1 on a failed check, 2 on bad usage."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ledger.config import ConfigError, Settings
+from ledger.errors import LedgerError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as error:
+        raise click.UsageError(f"bad configuration: {error}") from None
+
+
+@click.group()
+def main() -> None:
+    """magledger: a tamper-evident custody ledger for rare-earth permanent magnets."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Worker processes.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Threads per worker; concurrent posts in one worker share a commit.")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Run the HTTP API under gunicorn, after applying pending migrations."""
+    from ledger.db import make_engine, upgrade
+    from ledger.server import run
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    engine.dispose()
+    run(settings, host, port, workers, threads)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations."""
+    from ledger.db import make_engine, upgrade
+
+    engine = make_engine(_settings().database_url)
+    upgrade(engine)
+    click.echo("database is up to date", err=True)
+
+
+@main.group()
+def party() -> None:
+    """Parties and their keys."""
+
+
+@party.command("add")
+@click.argument("party_id")
+@click.option("--name", required=True, help="The organisation's name.")
+@click.option("--country", required=True, help="ISO 3166-1 alpha-2 code, e.g. IN.")
+@click.option("--role", required=True, type=click.Choice(["partner", "regulator", "auditor", "admin"]))
+def party_add(party_id: str, name: str, country: str, role: str) -> None:
+    """Register a party and print its first API key as JSON (shown only this once)."""
+    from ledger.services import Ledger
+
+    ledger = Ledger.open(_settings(), migrate=True)
+    try:
+        registered, key = ledger.parties.register(party_id, name, country, role)
+    except LedgerError as error:
+        click.echo(f"error: {error.detail} {json.dumps(error.errors) if error.errors else ''}".rstrip(), err=True)
+        sys.exit(2 if error.status == 422 else 1)
+    finally:
+        ledger.close()
+    click.echo(json.dumps({"party_id": registered.party_id, "api_key": key.api_key, "key_id": key.key_id}))
+
+
+if __name__ == "__main__":
+    main()

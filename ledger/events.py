@@ -1,0 +1,483 @@
+"""The nine event types, their validation, and the canonical form of a recorded event.
+
+Validation turns what a poster sent into a `NewEvent` whose values are already in the
+normal form the log stores (UTC times, masses as shortest decimal strings), so that the
+same event posted twice compares equal and the stored envelope hashes the same everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import iso3166
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from ledger.errors import Invalid, TooLarge
+
+BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+PARTY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/#-]{0,127}$")
+RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+ELEMENT = re.compile(r"^[A-Z][a-z]?$")
+HS_CODE = re.compile(r"^[0-9]{4}(\.?[0-9]{2}){0,3}$")
+
+MASS_PLACES = 6
+MAX_MASS_KG = Decimal(1000000000000)
+FUTURE_SKEW = timedelta(minutes=5)
+COUNTRY_CODES = frozenset(iso3166.countries_by_alpha2)
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+def format_mass(value: Decimal) -> str:
+    """Shortest exact decimal string: 250.000 -> "250", 0.50 -> "0.5"."""
+    return format(value.normalize(), "f")
+
+
+def mass_to_mg(mass: str) -> int:
+    """Kilograms (decimal string, at most 6 places) to whole milligrams, for exact sums."""
+    return int(Decimal(mass).scaleb(MASS_PLACES))
+
+
+def mg_to_mass(mg: int) -> str:
+    return format_mass(Decimal(mg).scaleb(-MASS_PLACES)) if mg else "0"
+
+
+def format_time(moment: datetime) -> str:
+    """UTC as YYYY-MM-DDTHH:MM:SS[.ffffff]Z, the fraction only when it is not zero (SPEC 3.6)."""
+    moment = moment.astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Strict RFC 3339 with an offset; raises ValueError on anything else."""
+    match = RFC3339.match(text)
+    if not match:
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-10-02T08:00:00+08:00")
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    if offset in ("Z", "z"):
+        tz = UTC
+    else:
+        sign = 1 if offset[0] == "+" else -1
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError("has an invalid UTC offset")
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    micro = int((fraction or "0").ljust(6, "0"))
+    return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+
+
+# --- marshmallow fields ------------------------------------------------------------------
+
+
+class Mass(fields.Field):
+    """A positive mass in kilograms, from a JSON string or number, normalized to a decimal string."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+            raise ValidationError("must be a decimal number of kilograms, as a string or number")
+        if isinstance(value, str) and not re.fullmatch(r"\d+(\.\d+)?", value):
+            raise ValidationError("must be a plain decimal such as \"250.5\"")
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            raise ValidationError("must be a decimal number") from None
+        if not amount.is_finite() or amount <= 0:
+            raise ValidationError("must be greater than zero")
+        if amount > MAX_MASS_KG:
+            raise ValidationError(f"must be at most {MAX_MASS_KG} kg")
+        if amount.normalize().as_tuple().exponent < -MASS_PLACES:
+            raise ValidationError(f"must have at most {MASS_PLACES} decimal places")
+        return format_mass(amount)
+
+
+class Percent(fields.Field):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+            raise ValidationError("must be a percentage between 0 and 100")
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            raise ValidationError("must be a percentage between 0 and 100") from None
+        if not amount.is_finite() or not (0 <= amount <= 100):
+            raise ValidationError("must be a percentage between 0 and 100")
+        if amount.normalize().as_tuple().exponent < -MASS_PLACES:
+            raise ValidationError(f"must have at most {MASS_PLACES} decimal places")
+        return format_mass(amount)
+
+
+class Country(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        code = super()._deserialize(value, attr, data, **kwargs)
+        if code not in COUNTRY_CODES:
+            raise ValidationError("must be an ISO 3166-1 alpha-2 country code in upper case, e.g. IN")
+        return code
+
+
+class Timestamp(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return format_time(parse_time(text))
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
+
+
+class CalendarDate(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                raise ValueError
+            return date.fromisoformat(text).isoformat()
+        except ValueError:
+            raise ValidationError("must be a date, YYYY-MM-DD") from None
+
+
+class EventId(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            raise ValidationError("must be a UUID") from None
+
+
+class WholeNumber(fields.Integer):
+    def __init__(self, minimum: int = 0, **kwargs):
+        super().__init__(strict=True, validate=validate.Range(min=minimum, max=MAX_SAFE_INTEGER), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise ValidationError("must be a whole number")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _text(max_length: int = 200, **kwargs) -> fields.String:
+    return fields.String(validate=validate.Length(min=1, max=max_length), **kwargs)
+
+
+def _matching(pattern: re.Pattern, what: str, **kwargs) -> fields.String:
+    return fields.String(validate=validate.Regexp(pattern, error=f"must be {what}"), **kwargs)
+
+
+def _batch_id(**kwargs):
+    return _matching(BATCH_ID, "a batch id (letters, digits and ._:/-, at most 128)", **kwargs)
+
+
+def _party_id(**kwargs):
+    return _matching(PARTY_ID, "a party id (lower-case slug)", **kwargs)
+
+
+def _reference(**kwargs):
+    return _matching(REFERENCE, "a reference (letters, digits and ._:/#-, at most 128)", **kwargs)
+
+
+# --- data schemas, one per event type ----------------------------------------------------
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class Registered(_Strict):
+    material = _text(required=True)
+    mass_kg = Mass(required=True)
+    origin_country = Country(required=True)
+    units = WholeNumber(minimum=1)
+    composition = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(ELEMENT, error="must be an element symbol")),
+        values=Percent(),
+    )
+    hs_code = _matching(HS_CODE, "an HS code such as 8505.11")
+
+
+class EnduseDeclared(_Strict):
+    licence_id = _text(128, required=True)
+    permitted_countries = fields.List(Country(), required=True, validate=validate.Length(min=1, max=250))
+    end_use = _text(500, required=True)
+    permitted_end_users = fields.List(_party_id(), validate=validate.Length(min=1, max=1000))
+    licensed_mass_kg = Mass()
+    valid_until = CalendarDate()
+    issuing_authority = _text()
+    humanitarian = fields.Boolean(truthy={True}, falsy={False})
+
+
+class Shipped(_Strict):
+    shipment_ref = _reference(required=True)
+    to_party = _party_id(required=True)
+    mass_kg = Mass(required=True)
+    destination_country = Country()
+    carrier = _text()
+
+
+class Received(_Strict):
+    shipment_ref = _reference(required=True)
+    mass_kg = Mass(required=True)
+
+
+class BatchPortion(_Strict):
+    batch_id = _batch_id(required=True)
+    mass_kg = Mass(required=True)
+
+
+def _distinct_batches(portions: list[dict], field: str) -> None:
+    seen = [p["batch_id"] for p in portions]
+    if len(set(seen)) != len(seen):
+        raise ValidationError({field: ["must not name the same batch twice"]})
+
+
+class Split(_Strict):
+    children = fields.List(fields.Nested(BatchPortion), required=True, validate=validate.Length(min=1, max=1000))
+
+    @validates_schema
+    def _children_distinct(self, data, **kwargs):
+        _distinct_batches(data["children"], "children")
+
+
+class Transformed(_Strict):
+    inputs = fields.List(fields.Nested(BatchPortion), required=True, validate=validate.Length(min=1, max=1000))
+    product = _text(required=True)
+    mass_kg = Mass(required=True)
+    units = WholeNumber(minimum=1)
+
+    @validates_schema
+    def _inputs_distinct(self, data, **kwargs):
+        _distinct_batches(data["inputs"], "inputs")
+
+
+class Exported(_Strict):
+    to_country = Country(required=True)
+    customs_ref = _reference(required=True)
+    consignee = _text()
+    mass_kg = Mass()
+
+
+class Consumed(_Strict):
+    mass_kg = Mass(required=True)
+    disposition = fields.String(required=True, validate=validate.OneOf(["consumed", "destroyed", "recycled"]))
+    note = _text(1000)
+
+
+class Voided(_Strict):
+    voided_event_id = EventId(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(["did_not_occur", "incorrect_data"]))
+    corrective_event_id = EventId()
+
+
+DATA_SCHEMAS: dict[str, Schema] = {
+    "batch.registered": Registered(),
+    "enduse.declared": EnduseDeclared(),
+    "custody.shipped": Shipped(),
+    "custody.received": Received(),
+    "batch.split": Split(),
+    "batch.transformed": Transformed(),
+    "custody.exported": Exported(),
+    "batch.consumed": Consumed(),
+    "event.voided": Voided(),
+}
+EVENT_TYPES = tuple(DATA_SCHEMAS)
+
+
+class Envelope(_Strict):
+    event_id = EventId(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    batch_id = _batch_id(required=True)
+    occurred_at = Timestamp(required=True)
+    expected_version = WholeNumber(minimum=0, allow_none=True)
+    data = fields.Dict(required=True)
+
+
+ENVELOPE = Envelope()
+
+
+# --- the events themselves ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A validated event as posted, before the log gives it an actor, position and version."""
+
+    event_id: str
+    type: str
+    batch_id: str
+    occurred_at: str
+    data: dict
+    expected_version: int | None = None
+
+    def content_digest(self, actor: str) -> str:
+        """What idempotency compares: the same event_id must come with the same content."""
+        content = {"actor": actor, "type": self.type, "batch_id": self.batch_id,
+                   "occurred_at": self.occurred_at, "data": self.data}
+        return hashlib.sha256(canonical_bytes(content)).hexdigest()
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    event_id: str
+    type: str
+    batch_id: str
+    actor: str
+    occurred_at: str
+    recorded_at: str
+    position: int
+    version: int
+    data: dict
+    leaf_hash: str
+
+    def envelope(self) -> dict[str, Any]:
+        """Exactly what GET /v1/events/{id} returns; without leaf_hash it is the canonical form."""
+        return {
+            "event_id": self.event_id, "type": self.type, "batch_id": self.batch_id, "actor": self.actor,
+            "occurred_at": self.occurred_at, "recorded_at": self.recorded_at, "position": self.position,
+            "version": self.version, "data": self.data, "leaf_hash": self.leaf_hash,
+        }
+
+    def receipt(self) -> dict[str, Any]:
+        return {"event_id": self.event_id, "position": self.position, "version": self.version,
+                "recorded_at": self.recorded_at, "leaf_hash": self.leaf_hash}
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """RFC 8785 (JCS) serialization of the values events are made of.
+
+    Envelopes hold only strings, whole numbers below 2**53, booleans, lists and objects with
+    ASCII keys (validation guarantees it), and for those JCS is exactly sorted keys, no
+    white space and minimal escaping, which the standard library's C encoder produces. The
+    tests check it against an independent JCS encoder.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def leaf_hash(canonical: bytes) -> str:
+    """RFC 9162 leaf hash: SHA-256(0x00 || canonical bytes), hex."""
+    return hashlib.sha256(b"\x00" + canonical).hexdigest()
+
+
+def compute_leaf_hash(envelope_without_hash: dict) -> str:
+    return leaf_hash(canonical_bytes(envelope_without_hash))
+
+
+# --- parsing posts -----------------------------------------------------------------------
+
+
+def parse_event(raw: Any, now: datetime) -> NewEvent:
+    """Validate one posted event; Invalid names every bad field (data fields as data.x)."""
+    if not isinstance(raw, dict):
+        raise Invalid("An event must be a JSON object.", {"_schema": ["must be a JSON object"]})
+    errors: dict[str, list[str]] = {}
+    try:
+        envelope = ENVELOPE.load(raw)
+    except ValidationError as error:
+        _flatten(error.messages, "", errors)
+        envelope = None
+    data_schema = DATA_SCHEMAS.get(raw.get("type")) if isinstance(raw.get("type"), str) else None
+    data = None
+    if data_schema is not None and isinstance(raw.get("data"), dict):
+        try:
+            data = data_schema.load(raw["data"])
+        except ValidationError as error:
+            _flatten(error.messages, "data.", errors)
+    if envelope is not None and data is not None:
+        if parse_time(envelope["occurred_at"]) > now + FUTURE_SKEW:
+            errors["occurred_at"] = ["must not be more than 5 minutes in the future"]
+        _check_strings(data, "data.", errors)
+        _check_strings(envelope["batch_id"], "batch_id", errors)
+    if errors:
+        raise Invalid("The event is invalid; see errors for each field.", errors)
+    return NewEvent(
+        event_id=envelope["event_id"], type=envelope["type"], batch_id=envelope["batch_id"],
+        occurred_at=envelope["occurred_at"], data=data, expected_version=envelope.get("expected_version"),
+    )
+
+
+def parse_post(body: Any, now: datetime, max_events: int = 1000) -> tuple[list[NewEvent], bool]:
+    """One event, or {"events": [...]}; returns the events and whether the post was a batch."""
+    if isinstance(body, dict) and set(body) == {"events"}:
+        items = body["events"]
+        if not isinstance(items, list) or not items:
+            raise Invalid("events must be a non-empty list.", {"events": ["must be a non-empty list"]})
+        if len(items) > max_events:
+            raise TooLarge(f"A post may hold at most {max_events} events; this one holds {len(items)}.")
+        parsed, errors = [], {}
+        for index, item in enumerate(items):
+            try:
+                parsed.append(parse_event(item, now))
+            except Invalid as error:
+                errors.update(error.prefixed(f"events.{index}").errors)
+        if errors:
+            raise Invalid("Some events are invalid; nothing was written.", errors)
+        return parsed, True
+    return [parse_event(body, now)], False
+
+
+def loads(body: bytes | str) -> Any:
+    """JSON with exact decimals: a mass sent as a number must never pass through a float."""
+    def reject_constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(body, parse_float=Decimal, parse_constant=reject_constant)
+
+
+def _check_strings(value: Any, path: str, errors: dict) -> None:
+    """Reject lone surrogates: they have no UTF-8 form, so no canonical bytes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            errors.setdefault(path.rstrip("."), []).append("must be valid Unicode text")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(item, f"{path}{key}.", errors)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, f"{path}{index}.", errors)
+
+
+def _flatten(messages: Any, prefix: str, out: dict[str, list[str]]) -> None:
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            if key == "_schema":
+                _flatten(value, prefix or "_schema", out)
+            else:
+                _flatten(value, f"{prefix}{key}." if not isinstance(value, list) else f"{prefix}{key}", out)
+    elif isinstance(messages, list):
+        name = prefix.rstrip(".") or "_schema"
+        for message in messages:
+            if isinstance(message, (dict, list)):
+                _flatten(message, prefix, out)
+            else:
+                out.setdefault(name, []).append(_plain(str(message)))
+
+
+def _plain(message: str) -> str:
+    return "is not allowed here" if message == "Unknown field." else message
+
+
+def iter_portions(data: dict, key: str) -> Iterable[tuple[str, str]]:
+    for portion in data.get(key, ()):
+        yield portion["batch_id"], portion["mass_kg"]
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

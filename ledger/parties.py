@@ -1,0 +1,147 @@
+"""Parties and their API keys (SPEC 1).
+
+A key is `mlk_<key_id>_<secret>`: the key id finds the row, the secret is checked against a
+SHA-256 hash in constant time. Secrets carry 256 bits of entropy, so a fast hash is enough;
+the secret itself is never stored and is shown only once, when issued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ledger.errors import Conflict, Invalid, NotFound, Unauthenticated
+from ledger.events import COUNTRY_CODES, PARTY_ID, Clock, format_time, utc_now
+from ledger.schema import api_keys, parties
+
+ROLES = ("partner", "regulator", "auditor", "admin")
+KEY_PATTERN = re.compile(r"^mlk_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{43})$")
+
+
+@dataclass(frozen=True)
+class Party:
+    party_id: str
+    name: str
+    country: str
+    role: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key_id: str
+    party_id: str
+    api_key: str
+    created_at: str
+
+
+def validate_party(party_id: str, name: str, country: str, role: str) -> None:
+    errors: dict[str, list[str]] = {}
+    if not isinstance(party_id, str) or not PARTY_ID.match(party_id):
+        errors["party_id"] = ["must be a lower-case slug: ^[a-z0-9][a-z0-9._-]{1,63}$"]
+    if not isinstance(name, str) or not 1 <= len(name) <= 200:
+        errors["name"] = ["must be 1 to 200 characters"]
+    if country not in COUNTRY_CODES:
+        errors["country"] = ["must be an ISO 3166-1 alpha-2 country code in upper case"]
+    if role not in ROLES:
+        errors["role"] = [f"must be one of {', '.join(ROLES)}"]
+    if errors:
+        raise Invalid("The party is invalid; see errors for each field.", errors)
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class PartyRegistry:
+    def __init__(self, engine: Engine, clock: Clock = utc_now):
+        self.engine = engine
+        self.clock = clock
+
+    def register(self, party_id: str, name: str, country: str, role: str) -> tuple[Party, IssuedKey]:
+        """Create a party and its first key, in one transaction."""
+        validate_party(party_id, name, country, role)
+        party = Party(party_id, name, country, role)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(parties).values(**party.as_dict(), created_at=self._now()))
+                key = self._issue(conn, party_id)
+        except IntegrityError:
+            raise Conflict(f"Party {party_id!r} already exists.", {"party_id": ["already exists"]}) from None
+        return party, key
+
+    def get(self, party_id: str) -> Party | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(parties).where(parties.c.party_id == party_id)).first()
+        return _party(row) if row else None
+
+    def list(self, after: str | None = None, limit: int = 100) -> list[Party]:
+        query = select(parties).order_by(parties.c.party_id).limit(limit)
+        if after:
+            query = query.where(parties.c.party_id > after)
+        with self.engine.connect() as conn:
+            return [_party(row) for row in conn.execute(query)]
+
+    def issue_key(self, party_id: str) -> IssuedKey:
+        with self.engine.begin() as conn:
+            if conn.execute(select(parties.c.party_id).where(parties.c.party_id == party_id)).first() is None:
+                raise NotFound(f"No party {party_id!r}.")
+            return self._issue(conn, party_id)
+
+    def revoke_key(self, party_id: str, key_id: str) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.key_id == key_id, api_keys.c.party_id == party_id,
+                       api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=self._now())
+            )
+            if result.rowcount == 0:
+                exists = conn.execute(select(api_keys.c.key_id).where(
+                    api_keys.c.key_id == key_id, api_keys.c.party_id == party_id)).first()
+                if exists is None:
+                    raise NotFound(f"Party {party_id!r} has no key {key_id!r}.")
+
+    def authenticate(self, api_key: str | None) -> Party:
+        """The party a bearer key belongs to; Unauthenticated for no, unknown or revoked keys."""
+        if not api_key:
+            raise Unauthenticated("An API key is required: send Authorization: Bearer <key>.")
+        match = KEY_PATTERN.match(api_key)
+        if not match:
+            raise Unauthenticated("The API key is not valid.")
+        key_id, secret = match.groups()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(api_keys.c.secret_hash, api_keys.c.revoked_at, parties)
+                .join(parties, parties.c.party_id == api_keys.c.party_id)
+                .where(api_keys.c.key_id == key_id)
+            ).first()
+        expected = row.secret_hash if row else _hash_secret("no such key")
+        if not hmac.compare_digest(expected, _hash_secret(secret)) or row is None:
+            raise Unauthenticated("The API key is not valid.")
+        if row.revoked_at is not None:
+            raise Unauthenticated("The API key has been revoked.")
+        return _party(row)
+
+    def _issue(self, conn, party_id: str) -> IssuedKey:
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        created_at = self._now()
+        conn.execute(insert(api_keys).values(key_id=key_id, party_id=party_id,
+                                             secret_hash=_hash_secret(secret), created_at=created_at))
+        return IssuedKey(key_id, party_id, f"mlk_{key_id}_{secret}", created_at)
+
+    def _now(self) -> str:
+        return format_time(self.clock())
+
+
+def _party(row) -> Party:
+    return Party(row.party_id, row.name, row.country, row.role)

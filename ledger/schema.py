@@ -1,0 +1,112 @@
+"""Tables. The event log is the truth; the other tables are the write-side state that the
+store keeps current in the same transaction as each append, so that standing is exact."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+parties = Table(
+    "parties", metadata,
+    Column("party_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("party_id", String(64), ForeignKey("parties.party_id"), nullable=False, index=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("revoked_at", String(32)),
+)
+
+events = Table(
+    "events", metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("type", String(32), nullable=False),
+    Column("batch_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("occurred_at", String(32), nullable=False),
+    Column("recorded_at", String(32), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("leaf_hash", String(64), nullable=False),
+    Column("content_digest", String(64), nullable=False),
+    Column("effects", Text, nullable=False),
+    UniqueConstraint("batch_id", "version", name="uq_events_stream_version"),
+    Index("ix_events_type_position", "type", "position"),
+)
+
+log_head = Table(
+    "log_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("last_position", BigInteger, nullable=False),
+)
+
+batches = Table(
+    "batches", metadata,
+    Column("batch_id", String(128), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("registrant", String(64)),
+    Column("material", String(200)),
+    Column("origin_country", String(2)),
+    Column("remaining_mg", BigInteger, nullable=False),
+)
+
+holdings = Table(
+    "holdings", metadata,
+    Column("batch_id", String(128), primary_key=True),
+    Column("party_id", String(64), primary_key=True),
+    Column("mass_mg", BigInteger, nullable=False),
+)
+
+shipments = Table(
+    "shipments", metadata,
+    Column("shipment_ref", String(128), primary_key=True),
+    Column("batch_id", String(128), nullable=False),
+    Column("from_party", String(64), nullable=False),
+    Column("to_party", String(64), nullable=False),
+    Column("mass_mg", BigInteger, nullable=False),
+    Column("destination_country", String(2), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("shipped_event_id", String(36), nullable=False),
+)
+
+lineage = Table(
+    "lineage", metadata,
+    Column("parent", String(128), primary_key=True),
+    Column("child", String(128), primary_key=True),
+    Column("mass_mg", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Index("ix_lineage_child", "child"),
+)
+
+batch_access = Table(
+    "batch_access", metadata,
+    Column("batch_id", String(128), primary_key=True),
+    Column("party_id", String(64), primary_key=True),
+)
+
+voids = Table(
+    "voids", metadata,
+    Column("voided_event_id", String(36), primary_key=True),
+    Column("void_event_id", String(36), nullable=False),
+)

@@ -1,0 +1,37 @@
+"""The production WSGI server: gunicorn, embedded so that `magledger serve` needs nothing else."""
+
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+from ledger.config import Settings
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings, options: dict):
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from api import create_app
+
+        return create_app(settings=self.settings)
+
+
+def run(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:
+    _Gunicorn(settings, {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "graceful_timeout": 30,
+        "timeout": 60,
+        "keepalive": 5,
+        "accesslog": "-",
+        "errorlog": "-",
+    }).run()

@@ -1,0 +1,32 @@
+"""The ledger's components wired together once, for the API, the CLI and the workers alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from ledger.config import Settings
+from ledger.db import make_engine, upgrade
+from ledger.events import Clock, utc_now
+from ledger.parties import PartyRegistry
+from ledger.store import EventStore
+
+
+@dataclass
+class Ledger:
+    settings: Settings
+    engine: Engine
+    store: EventStore
+    parties: PartyRegistry
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, clock: Clock = utc_now, migrate: bool = False) -> "Ledger":
+        settings = settings or Settings.from_env()
+        engine = make_engine(settings.database_url)
+        if migrate:
+            upgrade(engine)
+        return cls(settings, engine, EventStore(engine, clock), PartyRegistry(engine, clock))
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,294 @@
+"""The append-only event store.
+
+Global order (SPEC 3.5). Every append transaction first locks the single `log_head` row
+and takes its positions from it, so transactions that write events are serialized: they
+commit in position order, positions have no gaps (a rolled-back attempt rolls the counter
+back with it), and a reader that has seen position N can never later see a smaller one.
+
+Throughput. A serialized commit per event would cap ingest at one fsync per event, so
+concurrent appends in one process share a transaction (group commit): the first caller to
+find no commit in progress becomes the leader, takes every queued post, decides each one
+in memory against `CustodyState` (a rejected post is undone from the state and answered
+with its error; the others are not affected), writes the survivors with a handful of
+statements, and commits once. Posts from other processes queue on the row lock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy import Engine, and_, func, select
+from sqlalchemy.exc import DBAPIError
+
+from ledger import custody
+from ledger.custody import CustodyState, LoggedEvent
+from ledger.db import writer
+from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
+from ledger.events import Clock, NewEvent, RecordedEvent, compute_leaf_hash, format_time, utc_now
+from ledger.parties import Party
+from ledger.recorders import recorder_for
+from ledger.schema import batch_access, events, log_head
+
+MAX_GROUP_EVENTS = 5000
+
+
+@dataclass
+class AppendResult:
+    receipts: list[dict]
+    created: bool
+    """False when every event was already in the log (an idempotent replay)."""
+
+
+@dataclass
+class _Post:
+    actor: Party
+    events: list[NewEvent]
+    is_batch: bool
+    done: bool = False
+    result: AppendResult | None = None
+    error: BaseException | None = None
+    rows: list[dict] = field(default_factory=list)
+
+    def outcome(self) -> AppendResult:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class EventStore:
+    def __init__(self, engine: Engine, clock: Clock = utc_now):
+        self.engine = engine
+        self.clock = clock
+        self._writer = writer(engine)
+        self._cond = threading.Condition()
+        self._queue: deque[_Post] = deque()
+        self._leading = False
+
+    # --- appending -----------------------------------------------------------------------
+
+    def append(self, actor: Party, new_events: list[NewEvent], is_batch: bool = False) -> AppendResult:
+        """Append one post atomically: every event is written, or none and an error is raised.
+
+        `is_batch` names fields in errors as `events.<i>.<field>`, the way the poster sent them.
+        """
+        post = _Post(actor, list(new_events), is_batch)
+        with self._cond:
+            self._queue.append(post)
+            while not post.done and self._leading:
+                self._cond.wait()
+            if post.done:
+                return post.outcome()
+            self._leading = True
+        try:
+            while not post.done:
+                with self._cond:
+                    group = self._take_group()
+                self._commit_group(group)
+                with self._cond:
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()
+        return post.outcome()
+
+    def _take_group(self) -> list[_Post]:
+        group, count = [], 0
+        while self._queue and (not group or count + len(self._queue[0].events) <= MAX_GROUP_EVENTS):
+            post = self._queue.popleft()
+            group.append(post)
+            count += len(post.events)
+        return group
+
+    def _commit_group(self, group: list[_Post]) -> None:
+        try:
+            self._commit(group)
+        except LedgerError as error:
+            self._finish(group, error)
+        except DBAPIError as error:
+            if len(group) > 1:
+                for post in group:
+                    self._commit_group([post])
+            else:
+                self._finish(group, _database_error(error))
+        except BaseException as error:
+            self._finish(group, error)
+            raise
+
+    @staticmethod
+    def _finish(group: list[_Post], error: BaseException) -> None:
+        for post in group:
+            post.error, post.result, post.done = error, None, True
+
+    def _commit(self, group: list[_Post]) -> None:
+        decided: list[tuple[_Post, AppendResult | LedgerError]] = []
+        with self._writer.begin() as conn:
+            recorder = recorder_for(conn)
+            head = recorder.lock_head()
+            state = CustodyState(recorder)
+            state.prefetch((post.actor, post.events) for post in group)
+            recorded_at = format_time(self.clock())
+            position = head
+            rows: list[dict] = []
+            for post in group:
+                mark = state.mark()
+                try:
+                    result, new_rows = self._decide(post, state, position, recorded_at)
+                except LedgerError as error:
+                    state.rollback(mark)
+                    decided.append((post, error))
+                    continue
+                position += len(new_rows)
+                rows.extend(new_rows)
+                decided.append((post, result))
+            if rows:
+                with recorder.pipelined():
+                    recorder.insert("events", rows)
+                    state.flush()
+                    recorder.set_head(position)
+        for post, outcome in decided:
+            if isinstance(outcome, LedgerError):
+                post.error = outcome
+            else:
+                post.result = outcome
+            post.done = True
+
+    def _decide(self, post: _Post, state: CustodyState, position: int,
+                recorded_at: str) -> tuple[AppendResult, list[dict]]:
+        receipts, rows, seen = [], [], set()
+        for index, event in enumerate(post.events):
+            try:
+                receipt, row = self._decide_one(post.actor, event, state, position + len(rows),
+                                                recorded_at, seen)
+            except LedgerError as error:
+                raise error.prefixed(f"events.{index}") if post.is_batch else error
+            receipts.append(receipt)
+            if row is not None:
+                rows.append(row)
+        return AppendResult(receipts, created=bool(rows)), rows
+
+    def _decide_one(self, actor: Party, event: NewEvent, state: CustodyState, position: int,
+                    recorded_at: str, seen: set[str]) -> tuple[dict, dict | None]:
+        if event.event_id in seen:
+            raise Invalid("The same event_id appears twice in this post.", {"event_id": ["repeated in this post"]})
+        seen.add(event.event_id)
+        digest = event.content_digest(actor.party_id)
+        logged = state.event(event.event_id)
+        if logged is not None:
+            if logged.content_digest != digest:
+                raise Conflict(f"Event {event.event_id} is already in the log with other content.",
+                               {"event_id": ["already used for another event"]})
+            return logged.receipt, None
+        if event.expected_version is not None:
+            current = state.batch(event.batch_id)
+            version = current.version if current else 0
+            if version != event.expected_version:
+                raise Conflict(f"Stream {event.batch_id!r} is at version {version}, "
+                               f"not {event.expected_version}.", {"expected_version": [f"stream is at {version}"]})
+        effects = custody.apply(event, actor, state)
+        batch = state.batch(event.batch_id)
+        version = batch.version + 1
+        state.put_batch(_with_version(batch, version))
+        recorded = RecordedEvent(
+            event_id=event.event_id, type=event.type, batch_id=event.batch_id, actor=actor.party_id,
+            occurred_at=event.occurred_at, recorded_at=recorded_at, position=position + 1, version=version,
+            data=event.data, leaf_hash="",
+        )
+        envelope = recorded.envelope()
+        del envelope["leaf_hash"]
+        leaf = compute_leaf_hash(envelope)
+        receipt = {"event_id": event.event_id, "position": position + 1, "version": version,
+                   "recorded_at": recorded_at, "leaf_hash": leaf}
+        state.remember_event(LoggedEvent(event.event_id, event.batch_id, event.type, actor.party_id,
+                                         digest, receipt, effects))
+        row = {
+            "position": position + 1, "event_id": event.event_id, "type": event.type,
+            "batch_id": event.batch_id, "version": version, "actor": actor.party_id,
+            "occurred_at": event.occurred_at, "recorded_at": recorded_at,
+            "data": json.dumps(event.data, separators=(",", ":"), ensure_ascii=False),
+            "leaf_hash": leaf, "content_digest": digest,
+            "effects": json.dumps(effects, separators=(",", ":")),
+        }
+        return receipt, row
+
+    # --- reading -------------------------------------------------------------------------
+
+    def last_position(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(log_head.c.last_position).where(log_head.c.id == 1)).scalar_one()
+
+    def get(self, event_id: str, visible_to: Party | None = None) -> RecordedEvent | None:
+        """One event, or None when it does not exist or `visible_to` (a partner) may not see it."""
+        query = _visible(select(*_ENVELOPE_COLUMNS).where(events.c.event_id == event_id), visible_to)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _recorded(row) if row else None
+
+    def feed(self, after: int = 0, limit: int = 100, batch_id: str | None = None,
+             event_type: str | None = None, visible_to: Party | None = None) -> list[RecordedEvent]:
+        """Events after a position, in position order, optionally for one batch or type."""
+        query = select(*_ENVELOPE_COLUMNS).where(events.c.position > after)
+        if batch_id is not None:
+            query = query.where(events.c.batch_id == batch_id)
+        if event_type is not None:
+            query = query.where(events.c.type == event_type)
+        query = _visible(query, visible_to).order_by(events.c.position).limit(limit)
+        with self.engine.connect() as conn:
+            return [_recorded(row) for row in conn.execute(query)]
+
+    def stream(self, batch_id: str, after_version: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        query = (select(*_ENVELOPE_COLUMNS)
+                 .where(events.c.batch_id == batch_id, events.c.version > after_version)
+                 .order_by(events.c.version).limit(limit))
+        with self.engine.connect() as conn:
+            return [_recorded(row) for row in conn.execute(query)]
+
+    def iter_all(self, chunk: int = 10000) -> Iterator[RecordedEvent]:
+        after = 0
+        while True:
+            page = self.feed(after=after, limit=chunk)
+            yield from page
+            if len(page) < chunk:
+                return
+            after = page[-1].position
+
+    def can_see(self, party: Party, batch_id: str) -> bool:
+        if party.role != "partner":
+            return True
+        with self.engine.connect() as conn:
+            return conn.execute(select(batch_access.c.batch_id).where(
+                batch_access.c.party_id == party.party_id, batch_access.c.batch_id == batch_id)).first() is not None
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(events)).scalar_one()
+
+
+_ENVELOPE_COLUMNS = (events.c.event_id, events.c.type, events.c.batch_id, events.c.actor, events.c.occurred_at,
+                     events.c.recorded_at, events.c.position, events.c.version, events.c.data, events.c.leaf_hash)
+
+
+def _visible(query, party: Party | None):
+    if party is None or party.role != "partner":
+        return query
+    return query.join(batch_access, and_(batch_access.c.batch_id == events.c.batch_id,
+                                         batch_access.c.party_id == party.party_id))
+
+
+def _recorded(row) -> RecordedEvent:
+    return RecordedEvent(row.event_id, row.type, row.batch_id, row.actor, row.occurred_at, row.recorded_at,
+                         row.position, row.version, json.loads(row.data), row.leaf_hash)
+
+
+def _with_version(batch: custody.Batch, version: int) -> custody.Batch:
+    return replace(batch, version=version)
+
+
+def _database_error(error: DBAPIError) -> LedgerError:
+    if error.connection_invalidated or "connection" in str(error.orig).lower():
+        return Unavailable("The database is not reachable; the post was not written. Retry later.")
+    return error
