@@ -91,7 +91,7 @@ class Mass(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
             raise ValidationError("must be a decimal number of kilograms, as a string or number")
-        if isinstance(value, str) and not re.fullmatch(r"\d+(\.\d+)?", value):
+        if isinstance(value, str) and not re.fullmatch(r"-?\d+(\.\d+)?", value):
             raise ValidationError("must be a plain decimal such as \"250.5\"")
         try:
             amount = Decimal(value)

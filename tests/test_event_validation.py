@@ -1,0 +1,151 @@
+"""Validation of the nine event types (SPEC 3.1-3.3): what is rejected with 422, and the
+normal form that accepted events are stored in."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from ledger.errors import Invalid, TooLarge
+from ledger.events import EVENT_TYPES, format_time, loads, mass_to_mg, mg_to_mass, parse_event, parse_post
+from tests.helpers import event, registered
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+
+VALID_DATA = {
+    "batch.registered": {"material": "NdFeB", "mass_kg": "1000", "origin_country": "CN", "units": 40,
+                         "composition": {"Nd": "29.5", "Dy": 4}, "hs_code": "8505.11"},
+    "enduse.declared": {"licence_id": "L-1", "permitted_countries": ["IN"], "end_use": "motors",
+                        "permitted_end_users": ["pune-motors"], "licensed_mass_kg": "500",
+                        "valid_until": "2027-12-31", "issuing_authority": "MOFCOM", "humanitarian": False},
+    "custody.shipped": {"shipment_ref": "BL-1", "to_party": "pune-motors", "mass_kg": "250",
+                        "destination_country": "IN", "carrier": "Maersk"},
+    "custody.received": {"shipment_ref": "BL-1", "mass_kg": "250"},
+    "batch.split": {"children": [{"batch_id": "C-1", "mass_kg": "10"}, {"batch_id": "C-2", "mass_kg": "5"}]},
+    "batch.transformed": {"inputs": [{"batch_id": "M-1", "mass_kg": "2"}], "product": "motor", "mass_kg": "100",
+                          "units": 10},
+    "custody.exported": {"to_country": "US", "customs_ref": "CUS-1", "consignee": "Acme", "mass_kg": "1"},
+    "batch.consumed": {"mass_kg": "1", "disposition": "recycled", "note": "scrap"},
+    "event.voided": {"voided_event_id": "6f1c2e4a-3b7d-4c51-9a0e-2d8f9b7c1a10", "reason": "incorrect_data",
+                     "corrective_event_id": "7f1c2e4a-3b7d-4c51-9a0e-2d8f9b7c1a10"},
+}
+
+
+def errors_of(raw) -> dict:
+    with pytest.raises(Invalid) as caught:
+        parse_event(raw, NOW)
+    return caught.value.errors
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_every_type_accepts_its_full_data(event_type):
+    parsed = parse_event(event(event_type, "B-1", VALID_DATA[event_type]), NOW)
+    assert parsed.type == event_type
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_every_type_rejects_unknown_fields_and_missing_required_ones(event_type):
+    errors = errors_of(event(event_type, "B-1", {"surprise": 1}))
+    assert errors["data.surprise"] == ["is not allowed here"]
+    assert any(name.startswith("data.") and name != "data.surprise" for name in errors)
+
+
+@pytest.mark.parametrize("mass, message", [
+    ("0", "greater than zero"), ("-1", "greater than zero"), (0, "greater than zero"),
+    ("1.0000001", "at most 6 decimal places"), ("1e3", "plain decimal"), ("abc", "plain decimal"),
+    (True, "decimal number"), (None, "Field may not be null"), ("NaN", "plain decimal"),
+])
+def test_bad_masses_are_rejected(mass, message):
+    errors = errors_of(registered("B-1", mass=mass))
+    assert any(message in text for text in errors["data.mass_kg"]), errors
+
+
+@pytest.mark.parametrize("sent, stored", [("250.000", "250"), ("0.50", "0.5"), ("1.000001", "1.000001"),
+                                          ("007", "7"), ("1E+3", None)])
+def test_masses_are_stored_in_shortest_exact_form(sent, stored):
+    raw = registered("B-1")
+    if stored is None:
+        raw["data"]["mass_kg"] = loads('{"m": 1E+3}')["m"]
+        stored = "1000"
+    else:
+        raw["data"]["mass_kg"] = sent
+    assert parse_event(raw, NOW).data["mass_kg"] == stored
+
+
+def test_a_mass_sent_as_a_json_number_stays_exact():
+    body = loads('{"m": 2.675001}')
+    raw = registered("B-1")
+    raw["data"]["mass_kg"] = body["m"]
+    assert parse_event(raw, NOW).data["mass_kg"] == "2.675001"
+    assert mass_to_mg("0.000001") == 1 and mg_to_mass(1) == "0.000001" and mg_to_mass(2_500_000) == "2.5"
+
+
+@pytest.mark.parametrize("country", ["in", "IND", "XX", "", 12])
+def test_bad_country_codes_are_rejected(country):
+    raw = registered("B-1")
+    raw["data"]["origin_country"] = country
+    assert "data.origin_country" in errors_of(raw)
+
+
+@pytest.mark.parametrize("occurred", ["2026-10-02T08:00:00", "2026-10-02 08:00:00Z", "2026-13-02T08:00:00Z",
+                                      "2026-10-02T08:00:00.1234567Z", "2026-10-02T08:00:00+25:00", "yesterday"])
+def test_occurred_at_must_be_rfc3339_with_offset(occurred):
+    assert "occurred_at" in errors_of(registered("B-1", occurred_at=occurred))
+
+
+def test_occurred_at_is_normalized_to_utc():
+    parsed = parse_event(registered("B-1", occurred_at="2026-10-02T08:00:00.250+08:00"), NOW)
+    assert parsed.occurred_at == "2026-10-02T00:00:00.250000Z"
+    assert parse_event(registered("B-1", occurred_at="2026-10-02T08:00:00z"), NOW).occurred_at == "2026-10-02T08:00:00Z"
+    assert format_time(datetime(2026, 1, 1, tzinfo=timezone.utc)) == "2026-01-01T00:00:00Z"
+
+
+def test_more_than_five_minutes_in_the_future_is_rejected_but_less_is_not():
+    assert parse_event(registered("B-1", occurred_at="2026-11-01T12:04:59Z"), NOW)
+    assert errors_of(registered("B-1", occurred_at="2026-11-01T12:05:01Z"))["occurred_at"] == [
+        "must not be more than 5 minutes in the future"]
+
+
+def test_envelope_errors_name_every_bad_field_at_once():
+    raw = {"event_id": "not-a-uuid", "type": "batch.registered", "batch_id": " bad id",
+           "occurred_at": "nope", "expected_version": -1,
+           "data": {"material": "", "mass_kg": "-5", "origin_country": "ZZ"}}
+    errors = errors_of(raw)
+    assert {"event_id", "batch_id", "occurred_at", "expected_version", "data.material", "data.mass_kg",
+            "data.origin_country"} <= set(errors)
+
+
+def test_unknown_type_and_non_object_bodies_are_rejected():
+    assert "type" in errors_of(event("batch.stolen", "B-1", {}))
+    assert "_schema" in errors_of(["not", "an", "object"])
+    assert "data" in errors_of({**registered("B-1"), "data": "text"})
+
+
+def test_split_children_and_transform_inputs_must_be_distinct():
+    raw = event("batch.split", "B-1", {"children": [{"batch_id": "C", "mass_kg": "1"}, {"batch_id": "C", "mass_kg": "2"}]})
+    assert "data.children" in errors_of(raw)
+    raw = event("batch.transformed", "O-1", {"inputs": [], "product": "motor", "mass_kg": "1"})
+    assert "data.inputs" in errors_of(raw)
+
+
+def test_lone_surrogates_are_rejected():
+    raw = registered("B-1")
+    raw["data"]["material"] = "bad \ud800 text"
+    assert "data.material" in errors_of(raw)
+
+
+def test_batch_posts_name_fields_by_index_and_are_bounded():
+    good, bad = registered("B-1"), registered("B-2", mass="0")
+    with pytest.raises(Invalid) as caught:
+        parse_post({"events": [good, bad]}, NOW)
+    assert list(caught.value.errors) == ["events.1.data.mass_kg"]
+    with pytest.raises(TooLarge):
+        parse_post({"events": [good] * 1001}, NOW)
+    with pytest.raises(Invalid):
+        parse_post({"events": []}, NOW)
+
+
+def test_humanitarian_must_be_a_real_boolean():
+    raw = event("enduse.declared", "B-1", {**VALID_DATA["enduse.declared"], "humanitarian": "yes"})
+    assert "data.humanitarian" in errors_of(raw)

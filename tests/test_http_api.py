@@ -1,0 +1,204 @@
+"""The HTTP API against a real `magledger serve` process (gunicorn), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+import pytest
+
+from tests.helpers import declared, event, received, registered, shipped, unique
+from tests.jcs import canonicalize
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def keys(live_server):
+    suffix = uuid.uuid4().hex[:6]
+    names = {"maker": ("CN", "partner"), "importer": ("IN", "partner"), "stranger": ("US", "partner"),
+             "regulator": ("CN", "regulator"), "auditor": ("IN", "auditor"), "admin": ("IN", "admin")}
+    found = {}
+    for short, (country, role) in names.items():
+        party_id = f"{short}-{suffix}"
+        found[short] = live_server.add_party(party_id, country, role)
+        found[short + "_id"] = party_id
+    return found
+
+
+def assert_problem(response, status: int, *fields: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    for field in fields:
+        assert field in body.get("errors", {}), body
+    return body
+
+
+def test_post_then_read_back_and_recompute_the_leaf_hash_independently(live_server, keys):
+    batch = unique()
+    response = live_server.request("POST", "/v1/events", keys["maker"], json=registered(batch, "250.000"))
+    assert response.status_code == 201, response.text
+    receipt = response.json()["receipts"][0]
+    assert set(receipt) == {"event_id", "position", "version", "recorded_at", "leaf_hash"}
+    stored = live_server.request("GET", f"/v1/events/{receipt['event_id']}", keys["maker"]).json()
+    assert stored["data"]["mass_kg"] == "250" and stored["actor"] == keys["maker_id"]
+    assert stored["occurred_at"] == "2026-10-02T00:00:00Z" and stored["recorded_at"].endswith("Z")
+    leaf = stored.pop("leaf_hash")
+    assert leaf == receipt["leaf_hash"] == hashlib.sha256(b"\x00" + canonicalize(stored)).hexdigest()
+
+
+def test_every_leaf_hash_in_the_feed_recomputes(live_server, keys):
+    batch = unique()
+    importer = keys["importer_id"]
+    body = {"events": [registered(batch, "100.5"), declared(batch, humanitarian=True, valid_until="2027-01-31"),
+                       shipped(batch, unique("S"), importer, "50.25", carrier="Ünïcode \"Carrier\"\n")]}
+    assert live_server.request("POST", "/v1/events", keys["maker"], json=body).status_code == 201
+    items = live_server.request("GET", f"/v1/events?batch_id={batch}", keys["regulator"]).json()["items"]
+    assert len(items) == 3
+    for item in items:
+        leaf = item.pop("leaf_hash")
+        assert leaf == hashlib.sha256(b"\x00" + canonicalize(item)).hexdigest()
+
+
+def test_masses_sent_as_json_numbers_are_exact(live_server, keys):
+    batch = unique()
+    raw = json.dumps(registered(batch, "X")).replace('"X"', "0.300001")
+    response = live_server.request("POST", "/v1/events", keys["maker"], data=raw,
+                                   headers={"Content-Type": "application/json"})
+    assert response.status_code == 201, response.text
+    event_id = response.json()["receipts"][0]["event_id"]
+    assert live_server.request("GET", f"/v1/events/{event_id}", keys["maker"]).json()["data"]["mass_kg"] == "0.300001"
+
+
+def test_idempotent_replay_answers_200_with_the_original_receipt(live_server, keys):
+    raw = registered(unique())
+    first = live_server.request("POST", "/v1/events", keys["maker"], json=raw)
+    again = live_server.request("POST", "/v1/events", keys["maker"], json=raw)
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json() == first.json()
+    changed = {**raw, "data": {**raw["data"], "mass_kg": "1"}}
+    assert_problem(live_server.request("POST", "/v1/events", keys["maker"], json=changed), 409, "event_id")
+
+
+@pytest.mark.parametrize("body, fields", [
+    ("{not json", ["_schema"]),
+    (json.dumps(event("batch.stolen", "B-1", {})), ["type"]),
+    (json.dumps(registered("B-1", mass="-1")), ["data.mass_kg"]),
+    (json.dumps(registered("B-1", mass="1.1234567")), ["data.mass_kg"]),
+    (json.dumps(registered("B-1", origin="ZZ")), ["data.origin_country"]),
+    (json.dumps(registered("B-1", occurred_at="2999-01-01T00:00:00Z")), ["occurred_at"]),
+    (json.dumps({"events": [registered("B-1"), registered("B-2", mass="0")]}), ["events.1.data.mass_kg"]),
+    (json.dumps({"type": "batch.registered"}), ["event_id", "batch_id", "occurred_at", "data"]),
+])
+def test_422_problems_name_every_bad_field(live_server, keys, body, fields):
+    response = live_server.request("POST", "/v1/events", keys["maker"], data=body,
+                                   headers={"Content-Type": "application/json"})
+    assert_problem(response, 422, *fields)
+
+
+def test_401_for_missing_unknown_and_revoked_keys(live_server, keys):
+    assert_problem(live_server.request("GET", "/v1/events"), 401)
+    assert_problem(live_server.request("GET", "/v1/events", "mlk_0123456789abcdef_" + "x" * 43), 401)
+    assert_problem(live_server.request("GET", "/v1/events", headers={"Authorization": "Basic abc"}), 401)
+    party_id = f"revokee-{uuid.uuid4().hex[:6]}"
+    created = live_server.request("POST", "/v1/parties", keys["admin"],
+                                  json={"party_id": party_id, "name": "Revokee", "country": "IN", "role": "partner"})
+    assert created.status_code == 201, created.text
+    key, key_id = created.json()["api_key"], created.json()["key_id"]
+    assert live_server.request("GET", "/v1/events", key).status_code == 200
+    second = live_server.request("POST", f"/v1/parties/{party_id}/keys", keys["admin"])
+    assert second.status_code == 201 and second.json()["api_key"] != key
+    assert live_server.request("DELETE", f"/v1/parties/{party_id}/keys/{key_id}", keys["admin"]).status_code == 204
+    assert_problem(live_server.request("GET", "/v1/events", key), 401)
+    assert live_server.request("GET", "/v1/events", second.json()["api_key"]).status_code == 200
+    assert_problem(live_server.request("DELETE", f"/v1/parties/{party_id}/keys/nope", keys["admin"]), 404)
+
+
+def test_403_for_roles_and_standing(live_server, keys):
+    batch = unique()
+    live_server.request("POST", "/v1/events", keys["maker"], json=registered(batch))
+    for role in ("auditor", "admin"):
+        assert_problem(live_server.request("POST", "/v1/events", keys[role], json=registered(unique())), 403)
+    assert_problem(live_server.request("POST", "/v1/events", keys["regulator"], json=registered(unique())), 403)
+    assert live_server.request("POST", "/v1/events", keys["regulator"], json=declared(batch)).status_code == 201
+    party = {"party_id": f"p-{uuid.uuid4().hex[:6]}", "name": "P", "country": "IN", "role": "partner"}
+    for role in ("maker", "regulator", "auditor"):
+        assert_problem(live_server.request("POST", "/v1/parties", keys[role], json=party), 403)
+        assert_problem(live_server.request("POST", f"/v1/parties/{keys['maker_id']}/keys", keys[role]), 403)
+
+
+def test_404_and_409_over_http(live_server, keys):
+    batch = unique()
+    assert_problem(live_server.request("POST", "/v1/events", keys["maker"],
+                                       json=shipped("NOPE-1", "S-1", keys["importer_id"], "1")), 404, "batch_id")
+    live_server.request("POST", "/v1/events", keys["maker"], json=registered(batch))
+    assert_problem(live_server.request("POST", "/v1/events", keys["stranger"],
+                                       json=declared(batch)), 404, "batch_id")
+    assert_problem(live_server.request("POST", "/v1/events", keys["maker"], json=registered(batch)), 409, "batch_id")
+    assert_problem(live_server.request("GET", f"/v1/events/{uuid.uuid4()}", keys["maker"]), 404)
+    assert_problem(live_server.request("GET", "/v1/parties/nobody-at-all", keys["maker"]), 404)
+    dup = {"party_id": keys["maker_id"], "name": "Again", "country": "CN", "role": "partner"}
+    assert_problem(live_server.request("POST", "/v1/parties", keys["admin"], json=dup), 409, "party_id")
+    bad = {"party_id": "Bad Id", "name": "", "country": "XX", "role": "king"}
+    assert_problem(live_server.request("POST", "/v1/parties", keys["admin"], json=bad), 422, "role")
+
+
+def test_413_for_large_bodies_and_too_many_events(live_server, keys):
+    huge = json.dumps(registered(unique())) + " " * (1024 * 1024)
+    assert_problem(live_server.request("POST", "/v1/events", keys["maker"], data=huge,
+                                       headers={"Content-Type": "application/json"}), 413)
+    many = {"events": [registered(unique()) for _ in range(1001)]}
+    assert_problem(live_server.request("POST", "/v1/events", keys["maker"], json=many), 413)
+
+
+def test_partners_see_only_their_batches_in_the_feed_and_by_id(live_server, keys):
+    mine, theirs, ref = unique(), unique(), unique("S")
+    live_server.request("POST", "/v1/events", keys["maker"], json={"events": [
+        registered(mine), registered(theirs), shipped(mine, ref, keys["importer_id"], "10")]})
+    receipt = live_server.request("POST", "/v1/events", keys["importer"], json=received(mine, ref, "10")).json()
+
+    def batches_seen(key):
+        seen, after = set(), 0
+        while True:
+            page = live_server.request("GET", f"/v1/events?after={after}&limit=1000", key).json()
+            seen |= {item["batch_id"] for item in page["items"]}
+            if page["next"] is None:
+                return seen
+            after = page["next"]
+
+    assert mine in batches_seen(keys["importer"]) and theirs not in batches_seen(keys["importer"])
+    assert not {mine, theirs} & batches_seen(keys["stranger"])
+    assert {mine, theirs} <= batches_seen(keys["auditor"])
+    event_id = receipt["receipts"][0]["event_id"]
+    assert live_server.request("GET", f"/v1/events/{event_id}", keys["stranger"]).status_code == 404
+    assert live_server.request("GET", f"/v1/events/{event_id}", keys["regulator"]).status_code == 200
+
+
+def test_feed_pages_in_position_order_with_filters(live_server, keys):
+    batch = unique()
+    live_server.request("POST", "/v1/events", keys["maker"], json={"events": [
+        registered(batch), declared(batch), declared(batch, licence_id="L-2")]})
+    page = live_server.request("GET", f"/v1/events?batch_id={batch}&limit=2", keys["maker"]).json()
+    assert [i["version"] for i in page["items"]] == [1, 2] and page["next"] == page["items"][1]["position"]
+    rest = live_server.request("GET", f"/v1/events?batch_id={batch}&after={page['next']}", keys["maker"]).json()
+    assert [i["version"] for i in rest["items"]] == [3] and rest["next"] is None
+    typed = live_server.request("GET", f"/v1/events?batch_id={batch}&type=enduse.declared", keys["maker"]).json()
+    assert len(typed["items"]) == 2
+    assert_problem(live_server.request("GET", "/v1/events?limit=5000", keys["maker"]), 422, "limit")
+    assert_problem(live_server.request("GET", "/v1/events?type=nonsense", keys["maker"]), 422, "type")
+
+
+def test_directory_health_and_openapi(live_server, keys):
+    directory = live_server.request("GET", "/v1/parties?limit=1000", keys["stranger"]).json()
+    assert {keys["maker_id"], keys["admin_id"]} <= {p["party_id"] for p in directory["items"]}
+    assert set(directory["items"][0]) == {"party_id", "name", "country", "role"}
+    one = live_server.request("GET", f"/v1/parties/{keys['maker_id']}", keys["stranger"]).json()
+    assert one == {"party_id": keys["maker_id"], "name": keys["maker_id"].title(), "country": "CN", "role": "partner"}
+    assert live_server.request("GET", "/healthz").json() == {"status": "ok"}
+    spec = live_server.request("GET", "/openapi.json").json()
+    assert {"/v1/events", "/v1/events/{event_id}", "/v1/parties"} <= set(spec["paths"])
+    assert "DataBatchRegistered" in spec["components"]["schemas"]
+    assert live_server.request("GET", "/docs").status_code == 200

@@ -1,0 +1,246 @@
+"""The event store on SQLite and PostgreSQL: the reject table of SPEC 3.3 (each row writes
+nothing), idempotency (3.4), concurrency, atomic batches, gap-free positions (3.5), and the
+append-only triggers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from ledger.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthenticated
+from ledger.events import parse_post
+from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
+
+
+@pytest.fixture
+def cast(ledger):
+    return parties(ledger)
+
+
+def snapshot(ledger) -> tuple:
+    """Everything an append can write, so a rejection can be shown to write nothing."""
+    with ledger.engine.connect() as conn:
+        return tuple(
+            conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2")).fetchall()
+            for table in ("events", "log_head", "batches", "holdings", "shipments", "lineage", "batch_access", "voids")
+        )
+
+
+def rejected(ledger, error_type, actor, *raw_events):
+    before = snapshot(ledger)
+    with pytest.raises(error_type) as caught:
+        post(ledger, actor, *raw_events)
+    assert snapshot(ledger) == before, "a rejected post must write nothing"
+    return caught.value
+
+
+def test_a_registration_then_shipment_and_receipt_move_holdings(ledger, cast):
+    batch = unique()
+    first = post(ledger, cast["maker"], registered(batch, "1000"))
+    assert first.created and first.receipts[0]["position"] == 1 and first.receipts[0]["version"] == 1
+    post(ledger, cast["maker"], shipped(batch, "BL-1", "mumbai-imports", "250"))
+    post(ledger, cast["importer"], received(batch, "BL-1", "249.5"))
+    with ledger.engine.connect() as conn:
+        held = dict(conn.execute(text("SELECT party_id, mass_mg FROM holdings WHERE batch_id = :b"), {"b": batch}).all())
+    assert held == {"baotou-magnets": 750_000_000, "mumbai-imports": 249_500_000}
+    assert [e.position for e in ledger.store.feed()] == [1, 2, 3]
+    assert [e.version for e in ledger.store.stream(batch)] == [1, 2, 3]
+
+
+# --- the reject table ---------------------------------------------------------------------
+
+
+def test_401_for_no_unknown_or_revoked_keys(ledger, cast):
+    party, key = ledger.parties.register("key-holder", "Key Holder", "IN", "partner")
+    assert ledger.parties.authenticate(key.api_key) == party
+    for bad in (None, "", "mlk_0000000000000000_" + "A" * 43, key.api_key[:-1] + "x", "Bearer nonsense"):
+        with pytest.raises(Unauthenticated):
+            ledger.parties.authenticate(bad)
+    ledger.parties.revoke_key("key-holder", key.key_id)
+    with pytest.raises(Unauthenticated, match="revoked"):
+        ledger.parties.authenticate(key.api_key)
+
+
+@pytest.mark.parametrize("role, event_type", [("auditor", "batch.registered"), ("admin", "batch.registered"),
+                                              ("regulator", "batch.registered"), ("regulator", "custody.shipped")])
+def test_403_for_roles_that_may_not_post_this(ledger, cast, role, event_type):
+    batch = unique()
+    post(ledger, cast["maker"], registered(batch))
+    raw = registered(unique()) if event_type == "batch.registered" else shipped(batch, "R-1", "pune-motors", "1")
+    rejected(ledger, Forbidden, cast[role], raw)
+
+
+def test_403_for_partners_without_standing(ledger, cast):
+    batch = unique()
+    post(ledger, cast["maker"], registered(batch), shipped(batch, "S-1", "mumbai-imports", "10"))
+    # The consignee can see the batch but does not hold it until it receives it.
+    rejected(ledger, Forbidden, cast["importer"], shipped(batch, "S-2", "pune-motors", "1"))
+    rejected(ledger, Forbidden, cast["importer"], declared(batch))
+    rejected(ledger, Forbidden, cast["importer"], event("batch.consumed", batch, {"mass_kg": "1", "disposition": "consumed"}))
+    rejected(ledger, Forbidden, cast["importer"], event("batch.split", batch, {"children": [{"batch_id": unique(), "mass_kg": "1"}]}))
+    rejected(ledger, Forbidden, cast["importer"], event("custody.exported", batch, {"to_country": "US", "customs_ref": "C-1"}))
+    rejected(ledger, Forbidden, cast["importer"], event("batch.transformed", unique("O"), {
+        "inputs": [{"batch_id": batch, "mass_kg": "1"}], "product": "motor", "mass_kg": "5"}))
+
+
+def test_404_for_missing_or_invisible_batches(ledger, cast):
+    rejected(ledger, NotFound, cast["maker"], shipped("NO-SUCH", "S-1", "pune-motors", "1"))
+    other = unique()
+    post(ledger, cast["maker"], registered(other))
+    error = rejected(ledger, NotFound, cast["stranger"], shipped(other, "S-1", "pune-motors", "1"))
+    assert "batch_id" in error.errors
+    error = rejected(ledger, NotFound, cast["stranger"], event("batch.transformed", unique("O"), {
+        "inputs": [{"batch_id": other, "mass_kg": "1"}], "product": "motor", "mass_kg": "5"}))
+    assert list(error.errors) == ["data.inputs.0.batch_id"]
+
+
+def test_422_for_unknown_parties_and_shipments_named_in_data(ledger, cast):
+    batch = unique()
+    post(ledger, cast["maker"], registered(batch), shipped(batch, "S-1", "mumbai-imports", "10"))
+    assert "data.to_party" in rejected(ledger, Invalid, cast["maker"], shipped(batch, "S-2", "nobody-here", "1")).errors
+    assert "data.shipment_ref" in rejected(ledger, Invalid, cast["importer"], received(batch, "S-404", "1")).errors
+    error = rejected(ledger, Invalid, cast["maker"], declared(batch, permitted_end_users=["pune-motors", "ghost-co"]))
+    assert list(error.errors) == ["data.permitted_end_users.1"]
+    other = unique()
+    post(ledger, cast["maker"], registered(other))
+    assert "data.shipment_ref" in rejected(ledger, Invalid, cast["importer"], received(other, "S-1", "10")).errors
+
+
+def test_409_conflicts(ledger, cast):
+    batch, child = unique(), unique()
+    post(ledger, cast["maker"], registered(batch), shipped(batch, "S-1", "mumbai-imports", "10"),
+         event("batch.split", batch, {"children": [{"batch_id": child, "mass_kg": "5"}]}))
+    rejected(ledger, Conflict, cast["maker"], registered(batch))
+    rejected(ledger, Conflict, cast["maker"], event("batch.split", batch, {"children": [{"batch_id": child, "mass_kg": "1"}]}))
+    rejected(ledger, Conflict, cast["maker"], event("batch.transformed", child, {
+        "inputs": [{"batch_id": batch, "mass_kg": "1"}], "product": "motor", "mass_kg": "5"}))
+    rejected(ledger, Conflict, cast["maker"], shipped(batch, "S-1", "pune-motors", "1"))
+    rejected(ledger, Conflict, cast["maker"], {**shipped(batch, "S-9", "pune-motors", "1"), "expected_version": 1})
+    rejected(ledger, Conflict, cast["maker"], {**registered(unique()), "expected_version": 1})
+    post(ledger, cast["importer"], received(batch, "S-1", "10"))
+    rejected(ledger, Conflict, cast["importer"], received(batch, "S-1", "10"))
+
+
+def test_409_for_the_same_event_id_with_other_content(ledger, cast):
+    original = registered(unique(), "10")
+    post(ledger, cast["maker"], original)
+    rejected(ledger, Conflict, cast["maker"], {**original, "data": {**original["data"], "mass_kg": "11"}})
+    rejected(ledger, Conflict, cast["importer"], original)
+
+
+def test_413_for_more_than_1000_events(ledger, cast):
+    with pytest.raises(TooLarge):
+        parse_post({"events": [registered(unique()) for _ in range(1001)]}, ledger.store.clock())
+
+
+def test_a_batch_post_is_atomic_and_names_the_failing_event(ledger, cast):
+    batch = unique()
+    error = rejected(ledger, NotFound, cast["maker"], registered(batch), shipped("NO-SUCH", "S-1", "pune-motors", "1"))
+    assert list(error.errors) == ["events.1.batch_id"]
+    assert ledger.store.count() == 0
+
+
+def test_expected_version_zero_and_current_are_accepted(ledger, cast):
+    batch = unique()
+    post(ledger, cast["maker"], {**registered(batch), "expected_version": 0})
+    post(ledger, cast["maker"], {**declared(batch), "expected_version": 1})
+    assert [e.version for e in ledger.store.stream(batch)] == [1, 2]
+
+
+# --- idempotency --------------------------------------------------------------------------
+
+
+def test_replaying_an_event_returns_the_original_receipt_and_writes_nothing(ledger, cast, clock):
+    original = registered(unique())
+    first = post(ledger, cast["maker"], original)
+    clock.advance(minutes=3)
+    before = snapshot(ledger)
+    again = post(ledger, cast["maker"], original)
+    assert not again.created and again.receipts == first.receipts
+    assert snapshot(ledger) == before
+    # A replay inside a batch with new events: the old receipt, and the new event written.
+    extra = declared(original["batch_id"])
+    mixed = post(ledger, cast["maker"], original, extra)
+    assert mixed.created and mixed.receipts[0] == first.receipts[0] and mixed.receipts[1]["position"] == 2
+
+
+def test_the_same_event_twice_in_one_post_is_rejected(ledger, cast):
+    one = registered(unique())
+    assert list(rejected(ledger, Invalid, cast["maker"], one, one).errors) == ["events.1.event_id"]
+
+
+# --- concurrency and order ----------------------------------------------------------------
+
+
+def test_sixteen_threads_racing_on_one_stream_lose_nothing_and_write_nothing_twice(ledger, cast):
+    batch = unique()
+    post(ledger, cast["maker"], registered(batch, "100000"))
+    outcomes: list = []
+    barrier = threading.Barrier(16)
+
+    def racer(index: int):
+        barrier.wait()
+        mine = []
+        for round_ in range(5):
+            plain = declared(batch, licence_id=f"L-{index}-{round_}")
+            mine.append(("appended", plain["event_id"], post(ledger, cast["maker"], plain).receipts[0]["version"]))
+            seen = len(ledger.store.stream(batch))
+            guarded = {**declared(batch, licence_id=f"G-{index}-{round_}"), "expected_version": seen}
+            try:
+                version = post(ledger, cast["maker"], guarded).receipts[0]["version"]
+                mine.append(("won", guarded["event_id"], version))
+            except Conflict:
+                mine.append(("lost", guarded["event_id"], seen + 1))
+        outcomes.extend(mine)
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stream = ledger.store.stream(batch)
+    by_id = {e.event_id: e.version for e in stream}
+    appended = [o for o in outcomes if o[0] == "appended"]
+    won = [o for o in outcomes if o[0] == "won"]
+    lost = [o for o in outcomes if o[0] == "lost"]
+    assert len(appended) == 80 and all(by_id[o[1]] == o[2] for o in appended)
+    assert won and all(by_id[o[1]] == o[2] for o in won)
+    assert len({o[2] for o in won}) == len(won), "two racers won the same version"
+    assert not [o for o in lost if o[1] in by_id], "a loser was written"
+    assert [e.version for e in stream] == list(range(1, 2 + len(appended) + len(won)))
+    assert [e.position for e in ledger.store.feed(limit=1000)] == list(range(1, len(stream) + 1))
+
+
+def test_positions_stay_gap_free_across_rejected_attempts(ledger, cast):
+    for index in range(6):
+        post(ledger, cast["maker"], registered(f"GAP-{index}"))
+        with pytest.raises(Conflict):
+            post(ledger, cast["maker"], registered(f"GAP-{index}"))
+    assert [e.position for e in ledger.store.feed()] == list(range(1, 7))
+    assert ledger.store.last_position() == 6
+
+
+# --- append-only in the database itself ---------------------------------------------------
+
+
+@pytest.mark.parametrize("statement", ["UPDATE events SET actor = 'mallory'", "DELETE FROM events"])
+def test_the_database_refuses_update_and_delete_of_events(ledger, cast, statement):
+    post(ledger, cast["maker"], registered(unique()))
+    with pytest.raises(DBAPIError, match="append-only"):
+        with ledger.engine.begin() as conn:
+            conn.execute(text(statement))
+    assert ledger.store.count() == 1 and ledger.store.feed()[0].actor == "baotou-magnets"
+
+
+def test_postgres_refuses_truncate(postgres_url, clock):
+    from ledger.services import Ledger
+    from tests.conftest import settings_for
+
+    opened = Ledger.open(settings_for(postgres_url), clock=clock)
+    with pytest.raises(DBAPIError, match="append-only"):
+        with opened.engine.begin() as conn:
+            conn.execute(text("TRUNCATE events"))
+    opened.close()
