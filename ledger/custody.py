@@ -84,38 +84,48 @@ class CustodyState:
 
     # --- loading -------------------------------------------------------------------------
 
-    def prefetch(self, posts: Iterable[tuple[Party, list[NewEvent]]]) -> None:
-        """Load in a few queries every row a group of posts is likely to touch."""
-        batch_ids, event_ids, refs, party_ids = set(), set(), set(), set()
+    def lock_and_prefetch(self, posts: Iterable[tuple[Party, list[NewEvent]]]) -> int:
+        """Take the log's lock and load the rows a group of posts needs, in one round trip
+        where the database allows; returns the last position."""
+        batch_ids, existing, granted, event_ids, targets, refs, party_ids = (set() for _ in range(7))
         for actor, new_events in posts:
-            party_ids.add(actor.party_id)
+            self._tables["party"].setdefault(actor.party_id, actor)
             for event in new_events:
+                data = event.data
                 event_ids.add(event.event_id)
                 batch_ids.add(event.batch_id)
-                data = event.data
-                for key in ("children", "inputs"):
-                    batch_ids.update(p["batch_id"] for p in data.get(key, ()))
-                if "shipment_ref" in data:
+                if event.type not in NEW_STREAM_TYPES:
+                    existing.add(event.batch_id)
+                if event.type in ("custody.shipped", "custody.received"):
+                    granted.add(event.batch_id)
                     refs.add(data["shipment_ref"])
+                batch_ids.update(p["batch_id"] for p in data.get("children", ()))
+                inputs = [p["batch_id"] for p in data.get("inputs", ())]
+                batch_ids.update(inputs)
+                existing.update(inputs)
                 if "to_party" in data:
                     party_ids.add(data["to_party"])
                 party_ids.update(data.get("permitted_end_users", ()))
                 if "voided_event_id" in data:
-                    event_ids.add(data["voided_event_id"])
+                    targets.add(data["voided_event_id"])
+        event_ids |= targets
         requests = {
-            "batch": ("batches", "batch_id", batch_ids), "holding": ("holdings", "batch_id", batch_ids),
+            "batch": ("batches", "batch_id", batch_ids), "holding": ("holdings", "batch_id", existing),
             "shipment": ("shipments", "shipment_ref", refs), "event": ("events", "event_id", event_ids),
-            "void": ("voids", "voided_event_id", event_ids), "party": ("parties", "party_id", party_ids),
-            "access": ("batch_access", "batch_id", batch_ids), "parents": ("lineage", "child", batch_ids),
+            "void": ("voids", "voided_event_id", targets), "party": ("parties", "party_id", party_ids),
+            "access": ("batch_access", "batch_id", existing), "parents": ("lineage", "child", granted),
         }
-        results = dict(zip(requests, self.recorder.select_many(list(requests.values()))))
+        head, found = self.recorder.lock_and_select(list(requests.values()))
+        results = dict(zip(requests, found))
         self._absorb_batches(batch_ids, results["batch"])
-        self._absorb_holdings(batch_ids, results["holding"])
+        self._absorb_holdings(existing, results["holding"])
         self._absorb_shipments(refs, results["shipment"])
-        self._absorb_events(event_ids, results["event"], results["void"])
+        self._absorb_events(event_ids, results["event"])
+        self._absorb_voids(targets, results["void"])
         self._absorb_parties(party_ids, results["party"])
-        self._absorb_access(batch_ids, results["access"])
-        self._absorb_parents(batch_ids, results["parents"])
+        self._absorb_access(existing, results["access"])
+        self._absorb_parents(granted, results["parents"])
+        return head
 
     def _absorb(self, table: str, keys: Iterable, rows: list[dict], column: str, make) -> None:
         found = {row[column]: make(row) for row in rows}
@@ -133,10 +143,11 @@ class CustodyState:
         self._absorb("party", ids, rows, "party_id",
                      lambda row: Party(row["party_id"], row["name"], row["country"], row["role"]))
 
-    def _absorb_events(self, ids, rows, void_rows) -> None:
-        fresh = [i for i in ids if i not in self._tables["event"]]
-        self._absorb("event", fresh, rows, "event_id", _logged_event)
-        self._absorb("void", fresh, void_rows, "voided_event_id", lambda row: row["void_event_id"])
+    def _absorb_events(self, ids, rows) -> None:
+        self._absorb("event", ids, rows, "event_id", _logged_event)
+
+    def _absorb_voids(self, ids, rows) -> None:
+        self._absorb("void", ids, rows, "voided_event_id", lambda row: row["void_event_id"])
 
     def _absorb_holdings(self, batch_ids, rows) -> None:
         fresh = [i for i in batch_ids if ("*loaded*", i) not in self._tables["holding"]]
@@ -174,8 +185,10 @@ class CustodyState:
         self._absorb_parties(ids, self.recorder.select_in("parties", "party_id", ids))
 
     def _load_events(self, ids) -> None:
-        self._absorb_events(ids, self.recorder.select_in("events", "event_id", ids),
-                            self.recorder.select_in("voids", "voided_event_id", ids))
+        self._absorb_events(ids, self.recorder.select_in("events", "event_id", ids))
+
+    def _load_voids(self, ids) -> None:
+        self._absorb_voids(ids, self.recorder.select_in("voids", "voided_event_id", ids))
 
     def _load_holdings(self, batch_ids) -> None:
         self._absorb_holdings(batch_ids, self.recorder.select_in("holdings", "batch_id", batch_ids))
@@ -213,8 +226,7 @@ class CustodyState:
         return self._get("event", event_id, lambda: self._load_events([event_id]))
 
     def void_of(self, event_id: str) -> str | None:
-        self.event(event_id)
-        return self._tables["void"].get(event_id)
+        return self._get("void", event_id, lambda: self._load_voids([event_id]))
 
     def party(self, party_id: str) -> Party | None:
         return self._get("party", party_id, lambda: self._load_parties([party_id]))

@@ -29,12 +29,25 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # Plan every execution with its parameters: a cached generic plan made while a table
+    # was small keeps choosing sequential scans long after the table has grown.
+    # No pre-ping: it costs a round trip per checkout. A connection found dead raises a
+    # disconnect error, SQLAlchemy then replaces the whole pool, and the caller answers 503.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                         connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
 
 
 def writer(engine: Engine) -> Engine:
     """The same engine, with transactions that take SQLite's write lock at BEGIN."""
     return engine.execution_options(sqlite_immediate=True)
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine for single-statement reads: on PostgreSQL in autocommit, which saves
+    the BEGIN and ROLLBACK round trips around every look-up."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
 
 
 def is_sqlite(engine: Engine) -> bool:

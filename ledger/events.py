@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 import iso3166
@@ -321,11 +322,15 @@ class NewEvent:
     data: dict
     expected_version: int | None = None
 
+    @cached_property
+    def data_json(self) -> str:
+        return canonical_bytes(self.data).decode("utf-8")
+
     def content_digest(self, actor: str) -> str:
         """What idempotency compares: the same event_id must come with the same content."""
-        content = {"actor": actor, "type": self.type, "batch_id": self.batch_id,
-                   "occurred_at": self.occurred_at, "data": self.data}
-        return hashlib.sha256(canonical_bytes(content)).hexdigest()
+        content = (f'{{"actor":"{actor}","batch_id":"{self.batch_id}","data":{self.data_json},'
+                   f'"occurred_at":"{self.occurred_at}","type":"{self.type}"}}')
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,20 @@ def canonical_bytes(value: Any) -> bytes:
     """
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def canonical_envelope(*, actor: str, batch_id: str, data_json: str, event_id: str, occurred_at: str,
+                       position: int, recorded_at: str, type: str, version: int) -> bytes:
+    """The canonical form of a stored envelope, assembled from its parts in JCS key order.
+
+    Every string here except `data` is restricted by validation to characters that JCS
+    writes as they are (ids, slugs, UUIDs, fixed-format times), and `data_json` is already
+    canonical, so plain assembly is exactly RFC 8785; the tests check it against an
+    independent encoder.
+    """
+    return (f'{{"actor":"{actor}","batch_id":"{batch_id}","data":{data_json},"event_id":"{event_id}",'
+            f'"occurred_at":"{occurred_at}","position":{position},"recorded_at":"{recorded_at}",'
+            f'"type":"{type}","version":{version}}}').encode()
 
 
 def leaf_hash(canonical: bytes) -> str:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ledger.db import reader
 from ledger.errors import Conflict, Invalid, NotFound, Unauthenticated
 from ledger.events import COUNTRY_CODES, PARTY_ID, Clock, format_time, utc_now
 from ledger.schema import api_keys, parties
@@ -64,6 +65,7 @@ def _hash_secret(secret: str) -> str:
 class PartyRegistry:
     def __init__(self, engine: Engine, clock: Clock = utc_now):
         self.engine = engine
+        self.reads = reader(engine)
         self.clock = clock
 
     def register(self, party_id: str, name: str, country: str, role: str) -> tuple[Party, IssuedKey]:
@@ -79,7 +81,7 @@ class PartyRegistry:
         return party, key
 
     def get(self, party_id: str) -> Party | None:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             row = conn.execute(select(parties).where(parties.c.party_id == party_id)).first()
         return _party(row) if row else None
 
@@ -87,7 +89,7 @@ class PartyRegistry:
         query = select(parties).order_by(parties.c.party_id).limit(limit)
         if after:
             query = query.where(parties.c.party_id > after)
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return [_party(row) for row in conn.execute(query)]
 
     def issue_key(self, party_id: str) -> IssuedKey:
@@ -118,7 +120,7 @@ class PartyRegistry:
         if not match:
             raise Unauthenticated("The API key is not valid.")
         key_id, secret = match.groups()
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             row = conn.execute(
                 select(api_keys.c.secret_hash, api_keys.c.revoked_at, parties)
                 .join(parties, parties.c.party_id == api_keys.c.party_id)

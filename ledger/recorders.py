@@ -45,6 +45,10 @@ class SqlRecorder:
         """Several `select_in` look-ups; a recorder may send them together."""
         return [self.select_in(*request) for request in requests]
 
+    def lock_and_select(self, requests: Sequence[tuple[str, str, Iterable]]) -> tuple[int, list[list[dict]]]:
+        """`lock_head`, then `select_many`: the look-ups see the state under the lock."""
+        return self.lock_head(), self.select_many(requests)
+
     def pipelined(self):
         """A block whose statements the recorder may send together (results are not read)."""
         return contextlib.nullcontext()
@@ -84,9 +88,16 @@ class PostgresRecorder(SqlRecorder):
         return self.select_many([(table, column, keys)])[0]
 
     def select_many(self, requests: Sequence[tuple[str, str, Iterable]]) -> list[list[dict]]:
-        """All look-ups in one round trip, through psycopg's pipeline mode."""
+        return self.lock_and_select(requests, lock=False)[1]
+
+    def lock_and_select(self, requests: Sequence[tuple[str, str, Iterable]],
+                        lock: bool = True) -> tuple[int, list[list[dict]]]:
+        """The lock and all look-ups in one round trip, through psycopg's pipeline mode."""
         queued = []
         with self.raw.pipeline():
+            if lock:
+                head_cursor = self.raw.cursor()
+                head_cursor.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE")
             for table, column, keys in requests:
                 keys = list(keys)
                 names = [c.name for c in metadata.tables[table].columns]
@@ -96,10 +107,11 @@ class PostgresRecorder(SqlRecorder):
                 cursor = self.raw.cursor()
                 cursor.execute(f"SELECT {', '.join(names)} FROM {table} WHERE {column} = ANY(%s)", (keys,))
                 queued.append((names, cursor))
+            head = head_cursor.fetchone()[0] if lock else 0
             results = []
             for names, cursor in queued:
                 results.append([] if cursor is None else [dict(zip(names, row)) for row in cursor.fetchall()])
-        return results
+        return head, results
 
     def pipelined(self):
         return self.raw.pipeline()

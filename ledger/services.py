@@ -21,7 +21,7 @@ class Ledger:
     parties: PartyRegistry
 
     @classmethod
-    def open(cls, settings: Settings | None = None, clock: Clock = utc_now, migrate: bool = False) -> "Ledger":
+    def open(cls, settings: Settings | None = None, clock: Clock = utc_now, migrate: bool = False) -> Ledger:
         settings = settings or Settings.from_env()
         engine = make_engine(settings.database_url)
         if migrate:
@@ -29,4 +29,5 @@ class Ledger:
         return cls(settings, engine, EventStore(engine, clock), PartyRegistry(engine, clock))
 
     def close(self) -> None:
+        self.store.close()
         self.engine.dispose()

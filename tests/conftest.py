@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -40,7 +40,7 @@ class Clock:
     """A clock the tests move by hand."""
 
     def __init__(self, now: datetime | None = None):
-        self.now = now or datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+        self.now = now or datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -169,10 +169,10 @@ def start_server(database_url: str, log_path: Path, extra_env: dict | None = Non
     port = free_port()
     env = {"DATABASE_URL": database_url, "LEDGER_SIGNING_KEY": str(log_path.parent / "signing.key"),
            **(extra_env or {})}
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

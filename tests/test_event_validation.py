@@ -3,7 +3,7 @@ normal form that accepted events are stored in."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,7 +11,7 @@ from ledger.errors import Invalid, TooLarge
 from ledger.events import EVENT_TYPES, format_time, loads, mass_to_mg, mg_to_mass, parse_event, parse_post
 from tests.helpers import event, registered
 
-NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 VALID_DATA = {
     "batch.registered": {"material": "NdFeB", "mass_kg": "1000", "origin_country": "CN", "units": 40,
@@ -98,7 +98,7 @@ def test_occurred_at_is_normalized_to_utc():
     parsed = parse_event(registered("B-1", occurred_at="2026-10-02T08:00:00.250+08:00"), NOW)
     assert parsed.occurred_at == "2026-10-02T00:00:00.250000Z"
     assert parse_event(registered("B-1", occurred_at="2026-10-02T08:00:00z"), NOW).occurred_at == "2026-10-02T08:00:00Z"
-    assert format_time(datetime(2026, 1, 1, tzinfo=timezone.utc)) == "2026-01-01T00:00:00Z"
+    assert format_time(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00Z"
 
 
 def test_more_than_five_minutes_in_the_future_is_rejected_but_less_is_not():

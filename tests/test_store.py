@@ -229,9 +229,8 @@ def test_positions_stay_gap_free_across_rejected_attempts(ledger, cast):
 @pytest.mark.parametrize("statement", ["UPDATE events SET actor = 'mallory'", "DELETE FROM events"])
 def test_the_database_refuses_update_and_delete_of_events(ledger, cast, statement):
     post(ledger, cast["maker"], registered(unique()))
-    with pytest.raises(DBAPIError, match="append-only"):
-        with ledger.engine.begin() as conn:
-            conn.execute(text(statement))
+    with pytest.raises(DBAPIError, match="append-only"), ledger.engine.begin() as conn:
+        conn.execute(text(statement))
     assert ledger.store.count() == 1 and ledger.store.feed()[0].actor == "baotou-magnets"
 
 
@@ -240,7 +239,6 @@ def test_postgres_refuses_truncate(postgres_url, clock):
     from tests.conftest import settings_for
 
     opened = Ledger.open(settings_for(postgres_url), clock=clock)
-    with pytest.raises(DBAPIError, match="append-only"):
-        with opened.engine.begin() as conn:
-            conn.execute(text("TRUNCATE events"))
+    with pytest.raises(DBAPIError, match="append-only"), opened.engine.begin() as conn:
+        conn.execute(text("TRUNCATE events"))
     opened.close()

@@ -57,4 +57,3 @@ def issue_key(party_id):
 def revoke_key(party_id, key_id):
     """Revoke a key (admin): it stops working at once."""
     _registry().revoke_key(party_id, key_id)
-    return None

@@ -1,0 +1,221 @@
+"""Ingest throughput of magledger on PostgreSQL, against the references, in one run.
+
+(a) the store's API, one event per append call, 8 threads
+(b) the store's API, 500 events per append call
+(c) the eventsourcing library 9.5: its Application (the path a Python team would write)
+    and its bare recorder, 1 event per transaction with 8 threads and 500 per transaction
+(d) raw psycopg: INSERT + COMMIT per event with 8 threads, and COPY (the machine's limit)
+(e) over HTTP against `magledger serve`: one event per request from 8 concurrent clients,
+    and 500-event requests from 8 concurrent clients
+
+Events for (a) and (b) are validated before the clock starts, as the references build their
+stored events before theirs; validation's own rate is printed too. Run:
+
+    python -m bench.ingest [--url postgresql://postgres@127.0.0.1:5432/postgres] [--events 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from bench import reference
+from ledger.events import NewEvent, parse_event
+from ledger.services import Ledger
+from ledger.config import Settings
+
+BENCH_DB = "magledger_bench"
+REFERENCE_DB = "magledger_bench_reference"
+
+
+def registration(index: int) -> dict:
+    """A batch registration of about 300 bytes as stored, like the references' payloads."""
+    return {
+        "event_id": str(uuid.uuid4()), "type": "batch.registered", "batch_id": f"CN-BTM-{uuid.uuid4().hex}",
+        "occurred_at": "2026-10-02T08:00:00+08:00",
+        "data": {"material": "sintered NdFeB N52, grain-boundary diffused Dy", "mass_kg": f"{125 + index % 1000 / 8}",
+                 "origin_country": "CN", "hs_code": "8505.11", "units": 4000,
+                 "composition": {"Nd": "29.5", "Dy": "4.2", "Fe": "65.3", "B": "1"}},
+    }
+
+
+def recreate_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(admin_url)
+    return f"postgresql+psycopg://{parts.netloc}/{name}"
+
+
+def run_threads(work: Sequence[Callable[[], None]]) -> float:
+    """Start every job at once; seconds until the last one ends."""
+    barrier = threading.Barrier(len(work) + 1)
+    errors: list[BaseException] = []
+
+    def wrapped(job):
+        barrier.wait()
+        try:
+            job()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=wrapped, args=(job,)) for job in work]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - started
+
+
+def store_one_per_call(ledger: Ledger, actor, events: list[NewEvent], threads: int = 8) -> float:
+    shares = [events[i::threads] for i in range(threads)]
+    elapsed = run_threads([lambda share=share: [ledger.store.append(actor, [e]) for e in share] for share in shares])
+    return len(events) / elapsed
+
+
+def store_per_call(ledger: Ledger, actor, events: list[NewEvent], size: int = 500) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(events), size):
+        ledger.store.append(actor, events[start:start + size], is_batch=True)
+    return len(events) / (time.perf_counter() - started)
+
+
+def http_clients(base_url: str, key: str, bodies: list[bytes], events_per_body: int, clients: int = 8) -> float:
+    parts = urlsplit(base_url)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    shares = [bodies[i::clients] for i in range(clients)]
+
+    def client(share: list[bytes]):
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        for body in share:
+            connection.request("POST", "/v1/events", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 201:
+                raise RuntimeError(f"POST answered {response.status}")
+        connection.close()
+
+    elapsed = run_threads([lambda share=share: client(share) for share in shares])
+    return len(bodies) * events_per_body / elapsed
+
+
+def start_server(database_url: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = 18000 + os.getpid() % 1000
+    env = {**os.environ, "DATABASE_URL": database_url, "LEDGER_SIGNING_KEY": str(workdir / "bench-signing.key")}
+    log = open(workdir / "bench-server.log", "w")  # noqa: SIM115 - the server keeps it for its lifetime
+    process = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", "2"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status == 200:
+                return process, url
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the server did not start; see bench-server.log")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="an admin connection; the benchmark creates its own databases")
+    parser.add_argument("--events", type=int, default=20_000, help="events per scenario")
+    args = parser.parse_args()
+    n = args.events
+    workdir = Path.cwd()
+
+    figures: dict[str, float] = {}
+
+    def record(label: str, value: float) -> None:
+        figures[label] = value
+        print(f"  {label:<58} {value:>10,.0f} events/s", flush=True)
+
+    print(f"magledger ingest benchmark, {n:,} events per scenario, PostgreSQL at {urlsplit(args.url).netloc}")
+    database_url = recreate_database(args.url, BENCH_DB)
+    ledger = Ledger.open(Settings.from_env({"DATABASE_URL": database_url}), migrate=True)
+    actor, _key = ledger.parties.register("bench-maker", "Bench Maker", "CN", "partner")
+    now = datetime.now(UTC)
+
+    raw = [registration(i) for i in range(n)]
+    started = time.perf_counter()
+    one = [parse_event(r, now) for r in raw]
+    record("validation (parse_event, one thread)", n / (time.perf_counter() - started))
+    print("(a) and (b): the store's API")
+    record("(a) store, 1 event per append, 8 threads", store_one_per_call(ledger, actor, one))
+    record("(b) store, 500 events per append, 1 thread",
+           store_per_call(ledger, actor, [parse_event(registration(i), now) for i in range(n)]))
+    ledger.close()
+
+    print("(c) eventsourcing 9.5 (reference)")
+    reference_url = recreate_database(args.url, REFERENCE_DB)
+    record("(c) eventsourcing Application, 1 per txn, 8 threads",
+           reference.eventsourcing_application(reference_url, n, threads=8, per_txn=1))
+    record("(c) eventsourcing Application, 500 per txn, 1 thread",
+           reference.eventsourcing_application(reference_url, n, threads=1, per_txn=500))
+    record("(c) eventsourcing recorder, 1 per txn, 8 threads",
+           reference.eventsourcing_recorder(reference_url, n, threads=8, per_txn=1))
+    record("(c) eventsourcing recorder, 500 per txn, 1 thread",
+           reference.eventsourcing_recorder(reference_url, n, threads=1, per_txn=500))
+    print("(d) raw psycopg (the machine's limit)")
+    record("(d) raw INSERT + COMMIT, 8 threads", reference.raw_insert_commit(reference_url, n, threads=8))
+    record("(d) raw COPY, one transaction", reference.raw_copy(reference_url, n))
+
+    print("(e) over HTTP, `magledger serve` with 2 workers x 8 threads")
+    http_url = recreate_database(args.url, BENCH_DB)
+    ledger = Ledger.open(Settings.from_env({"DATABASE_URL": http_url}), migrate=True)
+    _actor, key = ledger.parties.register("bench-maker", "Bench Maker", "CN", "partner")
+    ledger.close()
+    process, base = start_server(http_url, workdir)
+    try:
+        singles = [json.dumps(registration(i)).encode() for i in range(n)]
+        record("(e) HTTP, 1 event per request, 8 clients", http_clients(base, key.api_key, singles, 1))
+        batches = [json.dumps({"events": [registration(i * 500 + j) for j in range(500)]}).encode()
+                   for i in range(max(n // 500, 8))]
+        record("(e) HTTP, 500 events per request, 8 clients", http_clients(base, key.api_key, batches, 500))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    print("ratios (target in brackets)")
+    app1, app500 = figures["(c) eventsourcing Application, 1 per txn, 8 threads"], \
+        figures["(c) eventsourcing Application, 500 per txn, 1 thread"]
+    rec1, rec500 = figures["(c) eventsourcing recorder, 1 per txn, 8 threads"], \
+        figures["(c) eventsourcing recorder, 500 per txn, 1 thread"]
+    a, b = figures["(a) store, 1 event per append, 8 threads"], figures["(b) store, 500 events per append, 1 thread"]
+    e1, e500 = figures["(e) HTTP, 1 event per request, 8 clients"], figures["(e) HTTP, 500 events per request, 8 clients"]
+    for label, value, target in [
+        ("(a) / Application 1 per txn", a / app1, 2), ("(a) / recorder 1 per txn", a / rec1, 2),
+        ("(b) / Application 500 per txn", b / app500, 3), ("(b) / recorder 500 per txn", b / rec500, 3),
+        ("(e) 1 per request / Application 1 per txn", e1 / app1, 1),
+        ("(e) 1 per request / recorder 1 per txn", e1 / rec1, 1),
+        ("(e) 500 per request / Application 500 per txn", e500 / app500, 1),
+        ("(e) 500 per request / recorder 500 per txn", e500 / rec500, 1),
+        ("(a) / raw INSERT + COMMIT", a / figures["(d) raw INSERT + COMMIT, 8 threads"], None),
+        ("(b) / raw COPY", b / figures["(d) raw COPY, one transaction"], None),
+    ]:
+        verdict = "" if target is None else (f"[>= {target}x] " + ("met" if value >= target else "NOT met"))
+        print(f"  {label:<50} {value:6.2f}x  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
