@@ -116,11 +116,11 @@ def http_clients(base_url: str, key: str, bodies: list[bytes], events_per_body: 
     return len(bodies) * events_per_body / elapsed
 
 
-def start_server(database_url: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(database_url: str, workdir: Path, workers: int = 2) -> tuple[subprocess.Popen, str]:
     port = 18000 + os.getpid() % 1000
     env = {**os.environ, "DATABASE_URL": database_url, "LEDGER_SIGNING_KEY": str(workdir / "bench-signing.key")}
     log = open(workdir / "bench-server.log", "w")  # noqa: SIM115 - the server keeps it for its lifetime
-    process = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", str(workers)],
                                env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):

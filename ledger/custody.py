@@ -16,7 +16,7 @@ from typing import Any
 from ledger.errors import Conflict, Forbidden, Invalid, NotFound
 from ledger.events import NewEvent, mass_to_mg
 from ledger.parties import Party
-from ledger.recorders import SqlRecorder
+from ledger.recorders import SqlRecorder, Write
 
 REGULATOR_TYPES = frozenset({"enduse.declared", "event.voided"})
 NEW_STREAM_TYPES = frozenset({"batch.registered", "batch.transformed"})
@@ -68,64 +68,146 @@ def _logged_event(row: dict) -> LoggedEvent:
 
 
 class CustodyState:
-    """An in-memory view of the write-side tables for one append transaction.
+    """The write-side tables as the append leader sees them, cached between transactions.
 
     Rows are loaded on first use (or prefetched for a whole group), changed in memory with
-    an undo journal so that one rejected post leaves no trace, and written back by `flush`.
+    an undo journal so that one rejected post leaves no trace, and written back through `writes`.
+
+    The cache stays valid from one group commit to the next only while nobody else has
+    written: every write to these tables happens under the log's lock in a transaction that
+    moves `log_head`, so a head that differs from the one this cache last committed means
+    another process wrote, and the cache is dropped. Ids that a post creates (new events,
+    batches) are assumed absent without a look-up when `optimistic`; the unique constraints
+    check that assumption at insert, and a violation makes the store retry the group with
+    every id looked up.
     """
 
-    def __init__(self, recorder: SqlRecorder):
-        self.recorder = recorder
+    MAX_CACHED = 200_000
+
+    def __init__(self):
+        self.recorder: SqlRecorder | None = None
+        self.head: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
         names = ("batch", "holding", "shipment", "event", "void", "party", "access", "parents")
         self._tables: dict[str, dict] = {name: {} for name in names}
-        self._original: dict[str, dict] = {name: {} for name in self._tables}
+        self._original: dict[str, dict] = {name: {} for name in names}
+        self._dirty: dict[str, set] = {name: set() for name in names}
         self._journal: list[tuple[str, Any, Any]] = []
+        self._assumed: list[tuple[str, Any]] = []
         self.new_lineage: list[dict] = []
+        self.head = None
+
+    def begin(self, recorder: SqlRecorder) -> None:
+        self.recorder = recorder
+
+    def committed(self, head: int) -> None:
+        """The transaction committed: what was written is now what the database holds."""
+        for table, keys in self._dirty.items():
+            rows, original = self._tables[table], self._original[table]
+            for key in keys:
+                original[key] = rows.get(key, _ABSENT)
+            keys.clear()
+        for table, key in self._assumed:
+            if self._tables[table].get(key, True) is None:
+                self._tables[table].pop(key, None)
+                self._original[table].pop(key, None)
+        self._assumed.clear()
+        self._journal.clear()
+        self.new_lineage = []
+        self.recorder = None
+        self.head = head
+        if sum(len(rows) for rows in self._tables.values()) > self.MAX_CACHED:
+            self.reset()
+            self.head = head
 
     # --- loading -------------------------------------------------------------------------
 
-    def lock_and_prefetch(self, posts: Iterable[tuple[Party, list[NewEvent]]]) -> int:
-        """Take the log's lock and load the rows a group of posts needs, in one round trip
-        where the database allows; returns the last position."""
-        batch_ids, existing, granted, event_ids, targets, refs, party_ids = (set() for _ in range(7))
+    def lock_and_prefetch(self, posts: list[tuple[Party, list[NewEvent]]], optimistic: bool) -> int:
+        """Take the log's lock and load the rows a group of posts needs that the cache lacks,
+        in one round trip where the database allows; returns the last position."""
+        lookups = self._plan(posts, optimistic)
+        head, found = self.recorder.lock_and_select(list(lookups.values()))
+        if head != self.head:
+            self.reset()
+            lookups = self._plan(posts, optimistic)
+            found = self.recorder.select_many(list(lookups.values()))
+        self._absorb_all(lookups, found)
+        self.head = head
+        return head
+
+    def prefetch(self, posts: list[tuple[Party, list[NewEvent]]]) -> int:
+        """Load what the cache lacks without the lock, trusting the cached head; returns it.
+
+        For the store's unlocked path: if another writer has moved the head since, the
+        group's positions collide with that writer's on the log's primary key and nothing
+        decided from this cache is written.
+        """
+        lookups = self._plan(posts, optimistic=True)
+        self._absorb_all(lookups, self.recorder.select_many(list(lookups.values())))
+        return self.head
+
+    def _absorb_all(self, lookups: dict[str, tuple], found: list[list[dict]]) -> None:
+        results = dict(zip(lookups, found))
+        self._absorb_batches(lookups["batch"][2], results["batch"])
+        self._absorb_holdings(lookups["holding"][2], results["holding"])
+        self._absorb_shipments(lookups["shipment"][2], results["shipment"])
+        self._absorb_events(lookups["event"][2], results["event"])
+        self._absorb_voids(lookups["void"][2], results["void"])
+        self._absorb_parties(lookups["party"][2], results["party"])
+        self._absorb_access(lookups["access"][2], results["access"])
+        self._absorb_parents(lookups["parents"][2], results["parents"])
+
+    def _plan(self, posts: list[tuple[Party, list[NewEvent]]], optimistic: bool) -> dict[str, tuple]:
+        """The look-ups a group needs, given what is cached and what may be assumed absent."""
+        existing, granted, targets, refs, party_ids = (set() for _ in range(5))
+        created_batches, created_events = set(), set()
         for actor, new_events in posts:
             self._tables["party"].setdefault(actor.party_id, actor)
             for event in new_events:
                 data = event.data
-                event_ids.add(event.event_id)
-                batch_ids.add(event.batch_id)
-                if event.type not in NEW_STREAM_TYPES:
+                created_events.add(event.event_id)
+                if event.type in NEW_STREAM_TYPES:
+                    created_batches.add(event.batch_id)
+                else:
                     existing.add(event.batch_id)
                 if event.type in ("custody.shipped", "custody.received"):
                     granted.add(event.batch_id)
                     refs.add(data["shipment_ref"])
-                batch_ids.update(p["batch_id"] for p in data.get("children", ()))
-                inputs = [p["batch_id"] for p in data.get("inputs", ())]
-                batch_ids.update(inputs)
-                existing.update(inputs)
+                created_batches.update(p["batch_id"] for p in data.get("children", ()))
+                existing.update(p["batch_id"] for p in data.get("inputs", ()))
                 if "to_party" in data:
                     party_ids.add(data["to_party"])
                 party_ids.update(data.get("permitted_end_users", ()))
                 if "voided_event_id" in data:
                     targets.add(data["voided_event_id"])
-        event_ids |= targets
-        requests = {
-            "batch": ("batches", "batch_id", batch_ids), "holding": ("holdings", "batch_id", existing),
-            "shipment": ("shipments", "shipment_ref", refs), "event": ("events", "event_id", event_ids),
-            "void": ("voids", "voided_event_id", targets), "party": ("parties", "party_id", party_ids),
-            "access": ("batch_access", "batch_id", existing), "parents": ("lineage", "child", granted),
+        if optimistic:
+            self._assume_absent(created_batches - existing, created_events - targets)
+        unloaded = [b for b in existing if ("*loaded*", b) not in self._tables["holding"]]
+        unseen = [b for b in existing if ("*loaded*", b) not in self._tables["access"]]
+        return {
+            "batch": ("batches", "batch_id", self._missing("batch", existing | created_batches)),
+            "holding": ("holdings", "batch_id", unloaded),
+            "shipment": ("shipments", "shipment_ref", self._missing("shipment", refs)),
+            "event": ("events", "event_id", self._missing("event", targets | created_events)),
+            "void": ("voids", "voided_event_id", self._missing("void", targets)),
+            "party": ("parties", "party_id", self._missing("party", party_ids)),
+            "access": ("batch_access", "batch_id", unseen),
+            "parents": ("lineage", "child", self._missing("parents", granted)),
         }
-        head, found = self.recorder.lock_and_select(list(requests.values()))
-        results = dict(zip(requests, found))
-        self._absorb_batches(batch_ids, results["batch"])
-        self._absorb_holdings(existing, results["holding"])
-        self._absorb_shipments(refs, results["shipment"])
-        self._absorb_events(event_ids, results["event"])
-        self._absorb_voids(targets, results["void"])
-        self._absorb_parties(party_ids, results["party"])
-        self._absorb_access(existing, results["access"])
-        self._absorb_parents(granted, results["parents"])
-        return head
+
+    def _missing(self, table: str, keys: Iterable) -> list:
+        rows = self._tables[table]
+        return [key for key in keys if key not in rows]
+
+    def _assume_absent(self, batch_ids: Iterable[str], event_ids: Iterable[str]) -> None:
+        for batch_id in self._missing("batch", batch_ids):
+            self._seed("batch", batch_id, None)
+            self._assumed.append(("batch", batch_id))
+        for event_id in self._missing("event", event_ids):
+            self._seed("event", event_id, None)
+            self._assumed.append(("event", event_id))
 
     def _absorb(self, table: str, keys: Iterable, rows: list[dict], column: str, make) -> None:
         found = {row[column]: make(row) for row in rows}
@@ -249,17 +331,18 @@ class CustodyState:
     def _set(self, table: str, key, value) -> None:
         rows = self._tables[table]
         self._journal.append((table, key, rows.get(key, _ABSENT)))
+        self._dirty[table].add(key)
         rows[key] = value
 
     def put_batch(self, batch: Batch) -> None:
         self._set("batch", batch.batch_id, batch)
 
     def create_batch(self, batch: Batch) -> None:
-        """A batch new to the ledger: no parents yet, and nobody can see it yet."""
+        """A batch new to the ledger: no parents yet, and nobody holds or can see it yet."""
         self.put_batch(batch)
         self._set("parents", batch.batch_id, ())
-        self._tables["access"].setdefault(("*loaded*", batch.batch_id), True)
-        self._tables["holding"].setdefault(("*loaded*", batch.batch_id), True)
+        self._set("access", ("*loaded*", batch.batch_id), True)
+        self._set("holding", ("*loaded*", batch.batch_id), True)
 
     def add_holding(self, batch_id: str, party_id: str, delta_mg: int) -> None:
         self._set("holding", (batch_id, party_id), self.holding(batch_id, party_id) + delta_mg)
@@ -307,24 +390,37 @@ class CustodyState:
 
     # --- writing back --------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Write every changed row; called once per append transaction."""
-        recorder = self.recorder
-        recorder.upsert("batches", ["batch_id"], ["version", "remaining_mg"],
-                        [vars(b) for b in self._changed("batch").values()])
-        recorder.upsert("holdings", ["batch_id", "party_id"], ["mass_mg"],
-                        [{"batch_id": b, "party_id": p, "mass_mg": m} for (b, p), m in self._changed("holding").items()])
-        recorder.upsert("shipments", ["shipment_ref"], ["status"], [vars(s) for s in self._changed("shipment").values()])
-        recorder.upsert("batch_access", ["party_id", "batch_id"], [],
-                        [{"party_id": p, "batch_id": b} for (p, b) in self._changed("access")])
-        recorder.insert("voids", [{"voided_event_id": e, "void_event_id": v} for e, v in self._changed("void").items()])
-        recorder.insert("lineage", self.new_lineage)
+    def writes(self) -> list[Write]:
+        """Every changed row, for the store to write in its append transaction.
+
+        Batches new to the ledger are plain inserts, so that a batch wrongly assumed absent
+        fails on its primary key instead of being overwritten.
+        """
+        batches = self._changed("batch")
+        original = self._original["batch"]
+        return [
+            Write("batches", [vars(b) for key, b in batches.items() if original.get(key) is None]),
+            Write("batches", [vars(b) for key, b in batches.items() if original.get(key) is not None],
+                  ("batch_id",), ("version", "remaining_mg")),
+            Write("holdings", [{"batch_id": b, "party_id": p, "mass_mg": m}
+                               for (b, p), m in self._changed("holding").items()],
+                  ("batch_id", "party_id"), ("mass_mg",)),
+            Write("shipments", [vars(s) for s in self._changed("shipment").values()], ("shipment_ref",), ("status",)),
+            Write("batch_access", [{"party_id": p, "batch_id": b} for (p, b) in self._changed("access")],
+                  ("party_id", "batch_id")),
+            Write("voids", [{"voided_event_id": e, "void_event_id": v} for e, v in self._changed("void").items()]),
+            Write("lineage", self.new_lineage),
+        ]
 
     def _changed(self, table: str) -> dict:
-        original = self._original[table]
-        return {key: value for key, value in self._tables[table].items()
-                if not (isinstance(key, tuple) and key[0] == "*loaded*")
-                and value is not None and original.get(key, _ABSENT) != value}
+        rows, original = self._tables[table], self._original[table]
+        changed = {}
+        for key in self._dirty[table]:
+            value = rows.get(key)
+            if value is not None and not (isinstance(key, tuple) and key[0] == "*loaded*") \
+                    and original.get(key, _ABSENT) != value:
+                changed[key] = value
+        return changed
 
 
 # --- standing and effects ------------------------------------------------------------------

@@ -1,73 +1,106 @@
 """Database access for the append path, one recorder per database behind one interface.
 
-The generic recorder speaks SQLAlchemy Core and serves SQLite. PostgreSQL's recorder
-overrides the bulk operations with what that server does fastest: COPY for the log,
-one multi-row statement per upsert, and `= ANY(array)` look-ups, so that a group
-commit of thousands of events costs a handful of round trips.
+The generic recorder speaks SQLAlchemy Core and serves SQLite. PostgreSQL's recorder sends
+what that server does fastest: the lock and every look-up together in one round trip
+(psycopg's pipeline mode; the look-ups run as one statement after the lock, so they see
+everything committed before it), and every write of a group commit as one statement
+(data-modifying CTEs, each table's rows sent as one JSON parameter and expanded by
+json_populate_recordset, which costs the client one C-speed json.dumps per table), so a
+group commit of any size costs two round trips and a COMMIT.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, insert, select, update
+import psycopg
+from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ledger.schema import log_head, metadata
 
 CHUNK = 900
+CONFLICT_STATES = ("23505", "40P01", "40001")
+"""Unique violation, deadlock, serialization failure: another writer got there first."""
+Lookup = tuple[str, str, Iterable]
+"""(table, column, keys): the rows of `table` whose `column` is one of `keys`."""
+
+
+@dataclass(frozen=True)
+class Write:
+    """Rows for one table: plain inserts, or upserts on `keys` that overwrite `updates`."""
+
+    table: str
+    rows: Sequence[dict]
+    keys: tuple[str, ...] = ()
+    updates: tuple[str, ...] = ()
+
+    @property
+    def conflict(self) -> str:
+        if not self.keys:
+            return ""
+        action = ("DO UPDATE SET " + ", ".join(f"{n} = EXCLUDED.{n}" for n in self.updates)) if self.updates \
+            else "DO NOTHING"
+        return f"ON CONFLICT ({', '.join(self.keys)}) {action}"
+
+
+class WriteConflict(Exception):
+    """Another writer took a key that this write assumed free; retry under the lock."""
 
 
 class SqlRecorder:
     def __init__(self, conn: Connection):
         self.conn = conn
 
-    def lock_head(self) -> int:
-        """Take the log's lock (held until commit) and return the last position."""
+    def lock_and_select(self, lookups: Sequence[Lookup]) -> tuple[int, list[list[dict]]]:
+        """Take the log's lock (held until commit), then run the look-ups; returns the
+        last position and each look-up's rows."""
         query = select(log_head.c.last_position).where(log_head.c.id == 1).with_for_update()
-        return self.conn.execute(query).scalar_one()
+        return self.conn.execute(query).scalar_one(), self.select_many(lookups)
 
-    def set_head(self, position: int) -> None:
-        self.conn.execute(update(log_head).where(log_head.c.id == 1).values(last_position=position))
+    def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
+        return [self._select_in(*lookup) for lookup in lookups]
 
     def select_in(self, table: str, column: str, keys: Iterable) -> list[dict]:
+        return self.select_many([(table, column, keys)])[0]
+
+    def _select_in(self, table: str, column: str, keys: Iterable) -> list[dict]:
         keys = list(keys)
+        target = metadata.tables[table]
         found: list[dict] = []
-        target: Table = metadata.tables[table]
         for start in range(0, len(keys), CHUNK):
-            chunk = keys[start:start + CHUNK]
-            rows = self.conn.execute(select(target).where(target.c[column].in_(chunk)))
+            rows = self.conn.execute(select(target).where(target.c[column].in_(keys[start:start + CHUNK])))
             found.extend(dict(row._mapping) for row in rows)
         return found
 
-    def select_many(self, requests: Sequence[tuple[str, str, Iterable]]) -> list[list[dict]]:
-        """Several `select_in` look-ups; a recorder may send them together."""
-        return [self.select_in(*request) for request in requests]
+    def write(self, writes: Sequence[Write], head: int) -> None:
+        """Apply every write, then move the log head to `head`."""
+        try:
+            self._write(writes, head)
+        except IntegrityError as error:
+            raise WriteConflict(str(error.orig)) from error
 
-    def lock_and_select(self, requests: Sequence[tuple[str, str, Iterable]]) -> tuple[int, list[list[dict]]]:
-        """`lock_head`, then `select_many`: the look-ups see the state under the lock."""
-        return self.lock_head(), self.select_many(requests)
+    def _write(self, writes: Sequence[Write], head: int) -> None:
+        for item in writes:
+            if not item.rows:
+                continue
+            statement = sqlite.insert(metadata.tables[item.table])
+            if item.updates:
+                statement = statement.on_conflict_do_update(
+                    index_elements=list(item.keys), set_={n: statement.excluded[n] for n in item.updates})
+            elif item.keys:
+                statement = statement.on_conflict_do_nothing()
+            self.conn.execute(statement, list(item.rows))
+        self.conn.execute(update(log_head).where(log_head.c.id == 1).values(last_position=head))
 
     def pipelined(self):
-        """A block whose statements the recorder may send together (results are not read)."""
+        """A block whose statements the recorder may send together with the COMMIT."""
         return contextlib.nullcontext()
-
-    def insert(self, table: str, rows: Sequence[dict]) -> None:
-        if rows:
-            self.conn.execute(insert(metadata.tables[table]), list(rows))
-
-    def upsert(self, table: str, keys: Sequence[str], updates: Sequence[str], rows: Sequence[dict]) -> None:
-        """Insert rows, or on a key conflict overwrite `updates` (nothing if empty)."""
-        if not rows:
-            return
-        statement = sqlite.insert(metadata.tables[table])
-        if updates:
-            statement = statement.on_conflict_do_update(
-                index_elements=list(keys), set_={name: statement.excluded[name] for name in updates})
-        else:
-            statement = statement.on_conflict_do_nothing()
-        self.conn.execute(statement, list(rows))
 
 
 class PostgresRecorder(SqlRecorder):
@@ -75,70 +108,81 @@ class PostgresRecorder(SqlRecorder):
         super().__init__(conn)
         self.raw = conn.connection.driver_connection
 
-    def lock_head(self) -> int:
-        with self.raw.cursor() as cursor:
-            cursor.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE")
-            return cursor.fetchone()[0]
+    def lock_and_select(self, lookups: Sequence[Lookup]) -> tuple[int, list[list[dict]]]:
+        with self.pipelined():
+            lock = self.raw.cursor()
+            lock.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE")
+            found = self._queue_select(lookups)
+            head = lock.fetchone()[0]
+            return head, found()
 
-    def set_head(self, position: int) -> None:
-        with self.raw.cursor() as cursor:
-            cursor.execute("UPDATE log_head SET last_position = %s WHERE id = 1", (position,))
+    def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
+        with self.pipelined():
+            return self._queue_select(lookups)()
 
-    def select_in(self, table: str, column: str, keys: Iterable) -> list[dict]:
-        return self.select_many([(table, column, keys)])[0]
+    def _queue_select(self, lookups: Sequence[Lookup]):
+        """Send every look-up as one statement (a JSON array per look-up); returns a function
+        that reads the answer."""
+        lookups = [(table, column, list(keys)) for table, column, keys in lookups]
+        wanted = [(table, column) for table, column, keys in lookups if keys]
+        if not wanted:
+            return lambda: [[] for _ in lookups]
+        cursor = self.raw.cursor()
+        cursor.execute(_select_json(tuple(wanted)), [keys for _, _, keys in lookups if keys])
 
-    def select_many(self, requests: Sequence[tuple[str, str, Iterable]]) -> list[list[dict]]:
-        return self.lock_and_select(requests, lock=False)[1]
+        def answer() -> list[list[dict]]:
+            row = iter(cursor.fetchone())
+            return [next(row) if keys else [] for _, _, keys in lookups]
+        return answer
 
-    def lock_and_select(self, requests: Sequence[tuple[str, str, Iterable]],
-                        lock: bool = True) -> tuple[int, list[list[dict]]]:
-        """The lock and all look-ups in one round trip, through psycopg's pipeline mode."""
-        queued = []
-        with self.raw.pipeline():
-            if lock:
-                head_cursor = self.raw.cursor()
-                head_cursor.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE")
-            for table, column, keys in requests:
-                keys = list(keys)
-                names = [c.name for c in metadata.tables[table].columns]
-                if not keys:
-                    queued.append((names, None))
-                    continue
-                cursor = self.raw.cursor()
-                cursor.execute(f"SELECT {', '.join(names)} FROM {table} WHERE {column} = ANY(%s)", (keys,))
-                queued.append((names, cursor))
-            head = head_cursor.fetchone()[0] if lock else 0
-            results = []
-            for names, cursor in queued:
-                results.append([] if cursor is None else [dict(zip(names, row)) for row in cursor.fetchall()])
-        return head, results
+    def _write(self, writes: Sequence[Write], head: int) -> None:
+        present = [item for item in writes if item.rows]
+        shape = tuple((item.table, tuple(item.rows[0]), item.conflict) for item in present)
+        params = [json.dumps(item.rows, separators=(",", ":"), ensure_ascii=False) for item in present]
+        with _translated():
+            self.raw.cursor().execute(_write_statement(shape), [*params, head])
 
+    @contextlib.contextmanager
     def pipelined(self):
-        return self.raw.pipeline()
-
-    def insert(self, table: str, rows: Sequence[dict]) -> None:
-        self._insert(table, rows, "")
-
-    def upsert(self, table: str, keys: Sequence[str], updates: Sequence[str], rows: Sequence[dict]) -> None:
-        if updates:
-            action = "DO UPDATE SET " + ", ".join(f"{name} = EXCLUDED.{name}" for name in updates)
-        else:
-            action = "DO NOTHING"
-        self._insert(table, rows, f"ON CONFLICT ({', '.join(keys)}) {action}")
-
-    def _insert(self, table: str, rows: Sequence[dict], conflict: str) -> None:
-        """One statement for any number of rows: each column travels as one array."""
-        if not rows:
-            return
-        columns = metadata.tables[table].columns
-        names = list(rows[0])
-        arrays = ", ".join(f"%b::{_ARRAY_TYPES[type(columns[name].type)]}" for name in names)
-        with self.raw.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays}) {conflict}",
-                           [[row[name] for row in rows] for name in names])
+        with _translated(), self.raw.pipeline():
+            yield
 
 
-_ARRAY_TYPES = {String: "text[]", Text: "text[]", BigInteger: "bigint[]", Integer: "integer[]"}
+@contextlib.contextmanager
+def _translated():
+    """Raise driver errors as SQLAlchemy's, as if the statements had gone through it."""
+    try:
+        yield
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) in CONFLICT_STATES:
+            raise WriteConflict(str(error.orig)) from error
+        raise
+    except psycopg.Error as error:
+        if error.sqlstate in CONFLICT_STATES:
+            raise WriteConflict(str(error)) from error
+        raise DBAPIError.instance(None, None, error, psycopg.Error) from error
+
+
+@functools.cache
+def _select_json(wanted: tuple[tuple[str, str], ...]) -> str:
+    parts = []
+    for table, column in wanted:
+        names = ", ".join(c.name for c in metadata.tables[table].columns)
+        parts.append(f"(SELECT coalesce(json_agg(t), '[]') FROM (SELECT {names} FROM {table} "
+                     f"WHERE {column} = ANY(%s)) t)")
+    return "SELECT " + ", ".join(parts)
+
+
+@functools.cache
+def _write_statement(shape: tuple[tuple[str, tuple[str, ...], str], ...]) -> str:
+    """One statement for a whole group commit: a data-modifying CTE per table."""
+    ctes = []
+    for index, (table, names, conflict) in enumerate(shape):
+        columns = ", ".join(names)
+        ctes.append(f"w{index} AS (INSERT INTO {table} ({columns}) "
+                    f"SELECT {columns} FROM json_populate_recordset(NULL::{table}, %s::json) {conflict})")
+    head = "UPDATE log_head SET last_position = %s WHERE id = 1"
+    return f"WITH {', '.join(ctes)} {head}" if ctes else head
 
 
 def recorder_for(conn: Connection) -> SqlRecorder:

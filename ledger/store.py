@@ -31,10 +31,12 @@ from ledger.db import reader, writer
 from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
 from ledger.events import Clock, NewEvent, RecordedEvent, canonical_envelope, format_time, leaf_hash, utc_now
 from ledger.parties import Party
-from ledger.recorders import recorder_for
+from ledger.recorders import Write, WriteConflict, recorder_for
 from ledger.schema import batch_access, events, log_head
 
 MAX_GROUP_EVENTS = 5000
+CONTENDED_GROUPS = 20
+"""After another writer beat the unlocked path, this many groups take the lock first."""
 GATHER_SECONDS = 0.0002
 
 
@@ -71,7 +73,11 @@ class EventStore:
         self._last_group_size = 0
         self._queue: deque[_Post] = deque()
         self._leading = False
-        self._conn: Connection | None = None
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") \
+            if engine.dialect.name == "postgresql" else None
+        self._conns: dict[str, Connection] = {}
+        self._contended = 0
+        self._state = CustodyState()
 
     # --- appending -----------------------------------------------------------------------
 
@@ -123,23 +129,33 @@ class EventStore:
             count += len(post.events)
         return group
 
-    def _connection(self) -> Connection:
-        """The leader's connection, kept between groups (only one leader runs at a time)."""
-        if self._conn is None:
-            self._conn = self._writer.connect()
-        return self._conn
+    def _connection(self, autocommit: bool = False) -> Connection:
+        """The leader's connections, kept between groups (only one leader runs at a time)."""
+        key = "autocommit" if autocommit else "transaction"
+        if key not in self._conns:
+            self._conns[key] = (self._autocommit if autocommit else self._writer).connect()
+        return self._conns[key]
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
+        for conn in self._conns.values():
             try:
-                self._conn.close()
+                conn.close()
             except DBAPIError:
                 pass
-            self._conn = None
+        self._conns.clear()
 
     def _commit_group(self, group: list[_Post]) -> None:
         try:
-            self._commit(group)
+            try:
+                if self._contended == 0 and self._state.head is not None and self._autocommit is not None:
+                    self._commit_unlocked(group)
+                else:
+                    self._contended = max(self._contended - 1, 0)
+                    self._commit_locked(group, optimistic=True)
+            except WriteConflict:
+                self._contended = CONTENDED_GROUPS
+                self._drop_connection()
+                self._commit_locked(group, optimistic=False)
         except LedgerError as error:
             self._finish(group, error)
         except DBAPIError as error:
@@ -163,32 +179,65 @@ class EventStore:
         for post in group:
             post.error, post.result, post.done = error, None, True
 
-    def _commit(self, group: list[_Post]) -> None:
-        decided: list[tuple[_Post, AppendResult | LedgerError]] = []
+    def _commit_locked(self, group: list[_Post], optimistic: bool) -> None:
+        """Lock the log head, look up what the cache lacks, decide, write, commit."""
+        state = self._state
         conn = self._connection()
         recorder = recorder_for(conn)
-        # The pipeline spans the commit, so the writes and COMMIT travel in one round trip.
-        with recorder.pipelined(), conn.begin():
-            state = CustodyState(recorder)
-            head = state.lock_and_prefetch((post.actor, post.events) for post in group)
-            recorded_at = format_time(self.clock())
-            position = head
-            rows: list[dict] = []
-            for post in group:
-                mark = state.mark()
-                try:
-                    result, new_rows = self._decide(post, state, position, recorded_at)
-                except LedgerError as error:
-                    state.rollback(mark)
-                    decided.append((post, error))
-                    continue
-                position += len(new_rows)
-                rows.extend(new_rows)
-                decided.append((post, result))
+        state.begin(recorder)
+        try:
+            # The pipeline spans the commit, so the writes and COMMIT travel in one round trip.
+            with recorder.pipelined(), conn.begin():
+                head = state.lock_and_prefetch([(post.actor, post.events) for post in group], optimistic)
+                decided, rows, position = self._decide_group(group, state, head)
+                if rows:
+                    recorder.write([Write("events", rows), *state.writes()], head=position)
+        except BaseException:
+            state.reset()
+            raise
+        self._settle(decided, position)
+
+    def _commit_unlocked(self, group: list[_Post]) -> None:
+        """PostgreSQL's fast path: no lock, and every write in one autocommitted statement.
+
+        The group is decided against the cached state at the cached head. If another writer
+        has moved the head meanwhile, the positions this group takes already exist (or are
+        being written), so the statement fails on the log's primary key and writes nothing;
+        the caller then retries under the lock. So commit order is still position order.
+        """
+        state = self._state
+        recorder = recorder_for(self._connection(autocommit=True))
+        state.begin(recorder)
+        try:
+            head = state.prefetch([(post.actor, post.events) for post in group])
+            decided, rows, position = self._decide_group(group, state, head)
             if rows:
-                recorder.insert("events", rows)
-                state.flush()
-                recorder.set_head(position)
+                recorder.write([Write("events", rows), *state.writes()], head=position)
+        except BaseException:
+            state.reset()
+            raise
+        self._settle(decided, position)
+
+    def _decide_group(self, group: list[_Post], state: CustodyState, head: int):
+        decided: list[tuple[_Post, AppendResult | LedgerError]] = []
+        recorded_at = format_time(self.clock())
+        position = head
+        rows: list[dict] = []
+        for post in group:
+            mark = state.mark()
+            try:
+                result, new_rows = self._decide(post, state, position, recorded_at)
+            except LedgerError as error:
+                state.rollback(mark)
+                decided.append((post, error))
+                continue
+            position += len(new_rows)
+            rows.extend(new_rows)
+            decided.append((post, result))
+        return decided, rows, position
+
+    def _settle(self, decided: list[tuple[_Post, AppendResult | LedgerError]], position: int) -> None:
+        self._state.committed(position)
         for post, outcome in decided:
             if isinstance(outcome, LedgerError):
                 post.error = outcome

@@ -242,3 +242,63 @@ def test_postgres_refuses_truncate(postgres_url, clock):
     with pytest.raises(DBAPIError, match="append-only"), opened.engine.begin() as conn:
         conn.execute(text("TRUNCATE events"))
     opened.close()
+
+
+# --- several writers on one database (two server processes) --------------------------------
+
+
+@pytest.fixture
+def second(database_url, clock):
+    """Another store on the same database, as a second API process would have."""
+    from ledger.services import Ledger
+    from tests.conftest import settings_for
+
+    opened = Ledger.open(settings_for(database_url), clock=clock)
+    yield opened
+    opened.close()
+
+
+def test_writers_in_two_processes_see_each_others_writes(ledger, second, cast):
+    batch = unique()
+    post(ledger, cast["maker"], registered(batch, "100"))
+    # The second store has never seen the batch: it must not assume it absent or stale.
+    with pytest.raises(Conflict):
+        post(second, cast["maker"], registered(batch))
+    post(second, cast["maker"], shipped(batch, "S-1", "mumbai-imports", "40"))
+    # The first store's cached holdings are stale now; shipping 70 more must see 60 left, and
+    # standing must still hold (60 > 0), then the holding goes to -10 (recorded, not rejected).
+    post(ledger, cast["maker"], shipped(batch, "S-2", "mumbai-imports", "70"))
+    replay = registered(unique())
+    first = post(second, cast["maker"], replay)
+    assert post(ledger, cast["maker"], replay).receipts == first.receipts
+    with ledger.engine.connect() as conn:
+        held = conn.execute(text("SELECT mass_mg FROM holdings WHERE batch_id = :b AND party_id = 'baotou-magnets'"),
+                            {"b": batch}).scalar_one()
+    assert held == -10_000_000
+    assert [e.position for e in ledger.store.feed()] == [1, 2, 3, 4]
+    assert [e.version for e in second.store.stream(batch)] == [1, 2, 3]
+
+
+def test_a_wrong_assumption_in_one_post_does_not_fail_the_others_in_its_group(ledger, second, cast):
+    taken = unique()
+    post(second, cast["maker"], registered(taken))
+    results: dict = {}
+    barrier = threading.Barrier(6)
+
+    def poster(name, raw):
+        barrier.wait()
+        try:
+            results[name] = post(ledger, cast["maker"], raw)
+        except Conflict as error:
+            results[name] = error
+
+    raws = {f"new-{i}": registered(unique()) for i in range(5)}
+    raws["taken"] = registered(taken)
+    threads = [threading.Thread(target=poster, args=item) for item in raws.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert isinstance(results["taken"], Conflict)
+    assert all(results[f"new-{i}"].created for i in range(5))
+    assert ledger.store.count() == 6
