@@ -41,6 +41,18 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     run(settings, host, port, workers, threads)
 
 
+@main.command()
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
+def worker(burst: bool) -> None:
+    """Run an RQ worker for the ledger's background jobs (needs REDIS_URL)."""
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.UsageError("magledger worker needs REDIS_URL (without it the API works in embedded mode)")
+    from workers.runner import run_worker
+
+    run_worker(settings, burst=burst)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

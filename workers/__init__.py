@@ -1,0 +1,1 @@
+"""RQ jobs and schedules: a thin layer around the core's functions."""
