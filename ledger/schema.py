@@ -103,6 +103,7 @@ batch_access = Table(
     "batch_access", metadata,
     Column("batch_id", String(128), primary_key=True),
     Column("party_id", String(64), primary_key=True),
+    Index("ix_batch_access_party", "party_id", "batch_id"),
 )
 
 voids = Table(

@@ -113,6 +113,7 @@ def upgrade() -> None:
         sa.Column("batch_id", sa.String(128), primary_key=True),
         sa.Column("party_id", sa.String(64), primary_key=True),
     )
+    op.create_index("ix_batch_access_party", "batch_access", ["party_id", "batch_id"])
     op.create_table(
         "voids",
         sa.Column("voided_event_id", sa.String(36), primary_key=True),
