@@ -22,7 +22,7 @@ REGULATOR_TYPES = frozenset({"enduse.declared", "event.voided"})
 NEW_STREAM_TYPES = frozenset({"batch.registered", "batch.transformed"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Batch:
     batch_id: str
     version: int
@@ -31,6 +31,20 @@ class Batch:
     material: str | None
     origin_country: str | None
     remaining_mg: int
+
+    def as_row(self) -> dict:
+        return {"batch_id": self.batch_id, "version": self.version, "origin": self.origin,
+                "registrant": self.registrant, "material": self.material,
+                "origin_country": self.origin_country, "remaining_mg": self.remaining_mg}
+
+    # dataclasses.replace() is general and slow; these two run for nearly every event.
+    def with_version(self, version: int) -> Batch:
+        return Batch(self.batch_id, version, self.origin, self.registrant, self.material,
+                     self.origin_country, self.remaining_mg)
+
+    def with_remaining(self, remaining_mg: int) -> Batch:
+        return Batch(self.batch_id, self.version, self.origin, self.registrant, self.material,
+                     self.origin_country, remaining_mg)
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,11 @@ class CustodyState:
                 self._tables[table].pop(key, None)
                 self._original[table].pop(key, None)
         self._assumed.clear()
+        # Events are looked up again when replayed or voided; caching every one appended
+        # would only feed the garbage collector.
+        for table in ("event", "void"):
+            self._tables[table].clear()
+            self._original[table].clear()
         self._journal.clear()
         self.new_lineage = []
         self.recorder = None
@@ -349,7 +368,7 @@ class CustodyState:
 
     def add_remaining(self, batch_id: str, delta_mg: int) -> None:
         batch = self.batch(batch_id)
-        self.put_batch(replace(batch, remaining_mg=batch.remaining_mg + delta_mg))
+        self.put_batch(batch.with_remaining(batch.remaining_mg + delta_mg))
 
     def put_shipment(self, shipment: Shipment) -> None:
         self._set("shipment", shipment.shipment_ref, shipment)
@@ -399,8 +418,8 @@ class CustodyState:
         batches = self._changed("batch")
         original = self._original["batch"]
         return [
-            Write("batches", [vars(b) for key, b in batches.items() if original.get(key) is None]),
-            Write("batches", [vars(b) for key, b in batches.items() if original.get(key) is not None],
+            Write("batches", [b.as_row() for key, b in batches.items() if original.get(key) is None]),
+            Write("batches", [b.as_row() for key, b in batches.items() if original.get(key) is not None],
                   ("batch_id",), ("version", "remaining_mg")),
             Write("holdings", [{"batch_id": b, "party_id": p, "mass_mg": m}
                                for (b, p), m in self._changed("holding").items()],

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.exc import DBAPIError
@@ -38,6 +38,10 @@ MAX_GROUP_EVENTS = 5000
 CONTENDED_GROUPS = 20
 """After another writer beat the unlocked path, this many groups take the lock first."""
 GATHER_SECONDS = 0.0002
+
+
+class _Recheck(WriteConflict):
+    """Not a conflict with another writer: a rejection to be decided again with look-ups."""
 
 
 @dataclass
@@ -152,9 +156,10 @@ class EventStore:
                 else:
                     self._contended = max(self._contended - 1, 0)
                     self._commit_locked(group, optimistic=True)
-            except WriteConflict:
-                self._contended = CONTENDED_GROUPS
-                self._drop_connection()
+            except WriteConflict as conflict:
+                if not isinstance(conflict, _Recheck):
+                    self._contended = CONTENDED_GROUPS
+                    self._drop_connection()
                 self._commit_locked(group, optimistic=False)
         except LedgerError as error:
             self._finish(group, error)
@@ -189,7 +194,7 @@ class EventStore:
             # The pipeline spans the commit, so the writes and COMMIT travel in one round trip.
             with recorder.pipelined(), conn.begin():
                 head = state.lock_and_prefetch([(post.actor, post.events) for post in group], optimistic)
-                decided, rows, position = self._decide_group(group, state, head)
+                decided, rows, position = self._decide_group(group, state, head, optimistic)
                 if rows:
                     recorder.write([Write("events", rows), *state.writes()], head=position)
         except BaseException:
@@ -210,7 +215,7 @@ class EventStore:
         state.begin(recorder)
         try:
             head = state.prefetch([(post.actor, post.events) for post in group])
-            decided, rows, position = self._decide_group(group, state, head)
+            decided, rows, position = self._decide_group(group, state, head, optimistic=True)
             if rows:
                 recorder.write([Write("events", rows), *state.writes()], head=position)
         except BaseException:
@@ -218,7 +223,13 @@ class EventStore:
             raise
         self._settle(decided, position)
 
-    def _decide_group(self, group: list[_Post], state: CustodyState, head: int):
+    def _decide_group(self, group: list[_Post], state: CustodyState, head: int, optimistic: bool):
+        """Decide each post in order; a rejected post is undone from the state alone.
+
+        A rejection decided while new ids were assumed absent may be wrong (an event_id
+        assumed new may be a replay), so in that case the whole group is decided again with
+        every id looked up.
+        """
         decided: list[tuple[_Post, AppendResult | LedgerError]] = []
         recorded_at = format_time(self.clock())
         position = head
@@ -228,6 +239,8 @@ class EventStore:
             try:
                 result, new_rows = self._decide(post, state, position, recorded_at)
             except LedgerError as error:
+                if optimistic:
+                    raise _Recheck("a rejection decided on assumed-absent ids is checked again") from error
                 state.rollback(mark)
                 decided.append((post, error))
                 continue
@@ -280,7 +293,7 @@ class EventStore:
         effects = custody.apply(event, actor, state)
         batch = state.batch(event.batch_id)
         version = batch.version + 1
-        state.put_batch(replace(batch, version=version))
+        state.put_batch(batch.with_version(version))
         position += 1
         leaf = leaf_hash(canonical_envelope(
             actor=actor.party_id, batch_id=event.batch_id, data_json=event.data_json, event_id=event.event_id,
