@@ -22,10 +22,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,9 +31,9 @@ from urllib.parse import urlsplit
 import psycopg
 
 from bench import reference
+from ledger.config import Settings
 from ledger.events import NewEvent, parse_event
 from ledger.services import Ledger
-from ledger.config import Settings
 
 BENCH_DB = "magledger_bench"
 REFERENCE_DB = "magledger_bench_reference"
@@ -60,33 +58,9 @@ def recreate_database(admin_url: str, name: str) -> str:
     return f"postgresql+psycopg://{parts.netloc}/{name}"
 
 
-def run_threads(work: Sequence[Callable[[], None]]) -> float:
-    """Start every job at once; seconds until the last one ends."""
-    barrier = threading.Barrier(len(work) + 1)
-    errors: list[BaseException] = []
-
-    def wrapped(job):
-        barrier.wait()
-        try:
-            job()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=wrapped, args=(job,)) for job in work]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - started
-
-
 def store_one_per_call(ledger: Ledger, actor, events: list[NewEvent], threads: int = 8) -> float:
     shares = [events[i::threads] for i in range(threads)]
-    elapsed = run_threads([lambda share=share: [ledger.store.append(actor, [e]) for e in share] for share in shares])
+    elapsed = reference.run_concurrently([lambda share=share: [ledger.store.append(actor, [e]) for e in share] for share in shares])
     return len(events) / elapsed
 
 
@@ -112,7 +86,7 @@ def http_clients(base_url: str, key: str, bodies: list[bytes], events_per_body: 
                 raise RuntimeError(f"POST answered {response.status}")
         connection.close()
 
-    elapsed = run_threads([lambda share=share: client(share) for share in shares])
+    elapsed = reference.run_concurrently([lambda share=share: client(share) for share in shares])
     return len(bodies) * events_per_body / elapsed
 
 

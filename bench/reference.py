@@ -133,7 +133,7 @@ def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[k : k + size] for k in range(0, len(items), size)]
 
 
-def _run_concurrently(work: Sequence[Callable[[], Any]]) -> float:
+def run_concurrently(work: Sequence[Callable[[], Any]]) -> float:
     """Start every callable in its own thread at the same moment; return wall seconds."""
     barrier = threading.Barrier(len(work) + 1)
     errors: list[BaseException] = []
@@ -192,7 +192,7 @@ def eventsourcing_recorder(
             for chunk in _chunks(share, per_txn):
                 recorder.insert_events(chunk)
 
-        elapsed = _run_concurrently(
+        elapsed = run_concurrently(
             [partial(insert, share) for share in _shares(events, threads)]
         )
     finally:
@@ -235,7 +235,7 @@ def eventsourcing_application(
             for chunk in _chunks(indexes, per_txn):
                 app.save(*(Batch(**batch_fields(i)) for i in chunk))
 
-        elapsed = _run_concurrently(
+        elapsed = run_concurrently(
             [partial(register, share) for share in _shares(range(n), threads)]
         )
     finally:
@@ -282,7 +282,7 @@ def raw_insert_commit(url: str, n: int, threads: int = 8) -> float:
                     cur.execute(insert, row)
                     conn.commit()
 
-        elapsed = _run_concurrently(
+        elapsed = run_concurrently(
             [
                 partial(insert_each, conn, share)
                 for conn, share in zip(connections, _shares(rows, threads))

@@ -194,9 +194,7 @@ class EventStore:
             # The pipeline spans the commit, so the writes and COMMIT travel in one round trip.
             with recorder.pipelined(), conn.begin():
                 head = state.lock_and_prefetch([(post.actor, post.events) for post in group], optimistic)
-                decided, rows, position = self._decide_group(group, state, head, optimistic)
-                if rows:
-                    recorder.write([Write("events", rows), *state.writes()], head=position)
+                decided, position = self._decide_and_write(group, state, recorder, head, optimistic)
         except BaseException:
             state.reset()
             raise
@@ -215,16 +213,15 @@ class EventStore:
         state.begin(recorder)
         try:
             head = state.prefetch([(post.actor, post.events) for post in group])
-            decided, rows, position = self._decide_group(group, state, head, optimistic=True)
-            if rows:
-                recorder.write([Write("events", rows), *state.writes()], head=position)
+            decided, position = self._decide_and_write(group, state, recorder, head, optimistic=True)
         except BaseException:
             state.reset()
             raise
         self._settle(decided, position)
 
-    def _decide_group(self, group: list[_Post], state: CustodyState, head: int, optimistic: bool):
-        """Decide each post in order; a rejected post is undone from the state alone.
+    def _decide_and_write(self, group: list[_Post], state: CustodyState, recorder, head: int, optimistic: bool):
+        """Decide each post in order and write the accepted ones; returns the outcomes and the
+        new head. A rejected post is undone from the state alone.
 
         A rejection decided while new ids were assumed absent may be wrong (an event_id
         assumed new may be a replay), so in that case the whole group is decided again with
@@ -247,7 +244,9 @@ class EventStore:
             position += len(new_rows)
             rows.extend(new_rows)
             decided.append((post, result))
-        return decided, rows, position
+        if rows:
+            recorder.write([Write("events", rows), *state.writes()], head=position)
+        return decided, position
 
     def _settle(self, decided: list[tuple[_Post, AppendResult | LedgerError]], position: int) -> None:
         self._state.committed(position)
