@@ -71,7 +71,9 @@ def store_per_call(ledger: Ledger, actor, events: list[NewEvent], size: int = 50
     return len(events) / (time.perf_counter() - started)
 
 
-def http_clients(base_url: str, key: str, bodies: list[bytes], events_per_body: int, clients: int = 8) -> float:
+def http_clients(base_url: str, key: str, bodies: list[bytes], events_per_body: int, clients: int = 8,
+                 method: str = "POST", path: str = "/v1/events", status: int = 201) -> float:
+    """Items per second from `clients` keep-alive connections sending `bodies` between them."""
     parts = urlsplit(base_url)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     shares = [bodies[i::clients] for i in range(clients)]
@@ -79,11 +81,11 @@ def http_clients(base_url: str, key: str, bodies: list[bytes], events_per_body: 
     def client(share: list[bytes]):
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
         for body in share:
-            connection.request("POST", "/v1/events", body=body, headers=headers)
+            connection.request(method, path, body=body or None, headers=headers)
             response = connection.getresponse()
             response.read()
-            if response.status != 201:
-                raise RuntimeError(f"POST answered {response.status}")
+            if response.status != status:
+                raise RuntimeError(f"{method} {path} answered {response.status}")
         connection.close()
 
     elapsed = reference.run_concurrently([lambda share=share: client(share) for share in shares])
@@ -166,6 +168,12 @@ def main() -> None:
         batches = [json.dumps({"events": [registration(i * 500 + j) for j in range(500)]}).encode()
                    for i in range(max(n // 500, 8))]
         record("(e) HTTP, 500 events per request, 8 clients", http_clients(base, key.api_key, batches, 500))
+        print("(e) the HTTP stack's own ceiling on this machine, for context (requests/s)")
+        record("GET /healthz (no database), 8 clients",
+               http_clients(base, key.api_key, [b""] * n, 1, method="GET", path="/healthz", status=200))
+        record("GET /v1/parties/{id} (key check + one query), 8 clients",
+               http_clients(base, key.api_key, [b""] * n, 1, method="GET", path="/v1/parties/bench-maker",
+                            status=200))
     finally:
         process.terminate()
         process.wait(timeout=30)
