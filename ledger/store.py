@@ -1,16 +1,21 @@
 """The append-only event store.
 
-Global order (SPEC 3.5). Every append transaction first locks the single `log_head` row
-and takes its positions from it, so transactions that write events are serialized: they
-commit in position order, positions have no gaps (a rolled-back attempt rolls the counter
-back with it), and a reader that has seen position N can never later see a smaller one.
+Global order (SPEC 3.5). Positions are taken from the single `log_head` row: a group of
+events takes head+1, head+2, ... and moves the head in the same transaction. Either the
+group holds the row's lock from its first read (the locked path, and always on SQLite), or
+it is written without the lock in one statement whose positions collide on the log's
+primary key with any other writer's (the unlocked path, PostgreSQL, tried first). Either
+way no two transactions can write the same positions, a transaction can only take
+positions above a committed head, and so positions have no gaps (a rolled-back attempt
+takes its positions back with it) and commit in order: a reader that has seen position N
+can never later see a smaller one.
 
 Throughput. A serialized commit per event would cap ingest at one fsync per event, so
 concurrent appends in one process share a transaction (group commit): the first caller to
 find no commit in progress becomes the leader, takes every queued post, decides each one
 in memory against `CustodyState` (a rejected post is undone from the state and answered
-with its error; the others are not affected), writes the survivors with a handful of
-statements, and commits once. Posts from other processes queue on the row lock.
+with its error; the others are not affected), writes the survivors in one statement, and
+commits once.
 """
 
 from __future__ import annotations
