@@ -6,7 +6,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from api import problems
-from api.routes import events, health, parties
+from api.routes import batches, events, health, parties
 from ledger.config import Settings
 from ledger.events import DATA_SCHEMAS
 from ledger.services import Ledger
@@ -37,8 +37,20 @@ def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -
     api.register_blueprint(health.blp)
     api.register_blueprint(parties.blp)
     api.register_blueprint(events.blp)
+    api.register_blueprint(batches.blp)
+    app.extensions["magledger_after_append"] = _after_append(ledger)
     problems.install(app)
     return app
+
+
+def _after_append(ledger: Ledger):
+    """With Redis, ask the workers to catch the projections up; without it (the embedded
+    mode), catch them up in the request, after the commit."""
+    if ledger.settings.redis_url:
+        from workers.runner import CatchUpNotifier
+
+        return CatchUpNotifier(ledger.settings, list(ledger.projections.projections))
+    return ledger.projections.catch_up
 
 
 def _schema_name(event_type: str) -> str:

@@ -85,3 +85,85 @@ class EventPage(Schema):
 
 class Health(Schema):
     status = fields.String(required=True)
+
+
+class BatchArgs(Schema):
+    min_position = fields.Integer(load_default=None, validate=validate.Range(min=0))
+
+
+class BatchListArgs(BatchArgs):
+    holder = fields.String(load_default=None)
+    country = fields.String(load_default=None)
+    cursor = fields.String(load_default=None)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class LineageArgs(BatchArgs):
+    direction = fields.String(load_default="up", validate=validate.OneOf(["up", "down", "both"]))
+    depth = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
+
+
+class Holding(Schema):
+    party_id = fields.String(required=True)
+    mass_kg = fields.String(required=True)
+
+
+class OpenShipment(Schema):
+    shipment_ref = fields.String(required=True)
+    from_party = fields.String(required=True)
+    to_party = fields.String(required=True)
+    destination_country = fields.String(required=True)
+    mass_kg = fields.String(required=True)
+    shipped_event_id = fields.String(required=True)
+    shipped_at = fields.String(required=True)
+
+
+class BatchState(Schema):
+    batch_id = fields.String(required=True)
+    kind = fields.String(required=True, metadata={"description": "registered, split or transformed"})
+    material = fields.String(allow_none=True)
+    origin_country = fields.String(allow_none=True)
+    registrant = fields.String(allow_none=True)
+    initial_mass_kg = fields.String(required=True)
+    mass_kg = fields.String(required=True, metadata={"description": "held plus in transit"})
+    status = fields.String(required=True)
+    holdings = fields.List(fields.Nested(Holding), required=True)
+    open_shipments = fields.List(fields.Nested(OpenShipment), required=True)
+    declarations = fields.List(fields.Dict(), required=True,
+                               metadata={"description": "end-use declarations recorded on this batch"})
+    as_of_position = fields.Integer(required=True)
+
+
+class BatchSummary(Schema):
+    batch_id = fields.String(required=True)
+    kind = fields.String(required=True)
+    material = fields.String(allow_none=True)
+    origin_country = fields.String(allow_none=True)
+    mass_kg = fields.String(required=True)
+
+
+class BatchPage(Schema):
+    items = fields.List(fields.Nested(BatchSummary), required=True)
+    next = fields.String(allow_none=True, required=True)
+    as_of_position = fields.Integer(required=True)
+
+
+class LineageNode(Schema):
+    batch_id = fields.String(required=True)
+    material = fields.String(allow_none=True)
+    mass_kg = fields.String(required=True)
+    depth = fields.Integer(required=True, metadata={"description": "negative upstream, positive downstream"})
+
+
+class LineageEdge(Schema):
+    parent = fields.String(required=True)
+    child = fields.String(required=True)
+    mass_kg = fields.String(required=True)
+    fraction = fields.String(required=True)
+    event_id = fields.String(required=True)
+
+
+class LineageView(Schema):
+    nodes = fields.List(fields.Nested(LineageNode), required=True)
+    edges = fields.List(fields.Nested(LineageEdge), required=True)
+    as_of_position = fields.Integer(required=True)

@@ -53,6 +53,63 @@ def worker(burst: bool) -> None:
     run_worker(settings, burst=burst)
 
 
+@main.command()
+def scheduler() -> None:
+    """Run RQ's cron scheduler: periodic projection catch-up (needs REDIS_URL)."""
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.UsageError("magledger scheduler needs REDIS_URL")
+    from workers.runner import run_scheduler
+
+    run_scheduler(settings)
+
+
+@main.group()
+def projections() -> None:
+    """The read models folded from the log."""
+
+
+@projections.command("rebuild")
+@click.argument("name", required=False)
+def projections_rebuild(name: str | None) -> None:
+    """Rebuild one projection (or all) into a new generation, then switch to it."""
+    import time
+
+    from ledger.services import Ledger
+
+    ledger = Ledger.open(_settings(), migrate=True)
+    names = [name] if name else list(ledger.projections.projections)
+    unknown = [n for n in names if n not in ledger.projections.projections]
+    if unknown:
+        raise click.UsageError(f"no projection {unknown[0]!r}; there are {', '.join(ledger.projections.projections)}")
+    head = ledger.store.last_position()
+    for each in names:
+        started = time.perf_counter()
+        with click.progressbar(length=max(head, 1), label=f"{each:<12}", file=sys.stderr) as bar:
+            seen = {"position": 0}
+
+            def advance(step, bar=bar, seen=seen):
+                bar.update(max(step.position - seen["position"], 0))
+                seen["position"] = step.position
+
+            generation = ledger.projections.rebuild(each, on_progress=advance)
+        elapsed = time.perf_counter() - started
+        rate = head / elapsed if elapsed > 0 else 0
+        click.echo(json.dumps({"projection": each, "generation": generation, "events": head,
+                               "seconds": round(elapsed, 3), "events_per_second": round(rate)}))
+    ledger.close()
+
+
+@projections.command("status")
+def projections_status() -> None:
+    """Each projection's serving position against the head of the log."""
+    from ledger.services import Ledger
+
+    ledger = Ledger.open(_settings(), migrate=True)
+    click.echo(json.dumps({"head": ledger.store.last_position(), "projections": ledger.projections.positions()}))
+    ledger.close()
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

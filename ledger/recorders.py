@@ -78,14 +78,14 @@ class SqlRecorder:
             found.extend(dict(row._mapping) for row in rows)
         return found
 
-    def write(self, writes: Sequence[Write], head: int) -> None:
-        """Apply every write, then move the log head to `head`."""
+    def write(self, writes: Sequence[Write], head: int | None = None) -> None:
+        """Apply every write, then move the log head to `head` (when given)."""
         try:
             self._write(writes, head)
         except IntegrityError as error:
             raise WriteConflict(str(error.orig)) from error
 
-    def _write(self, writes: Sequence[Write], head: int) -> None:
+    def _write(self, writes: Sequence[Write], head: int | None) -> None:
         for item in writes:
             if not item.rows:
                 continue
@@ -96,7 +96,8 @@ class SqlRecorder:
             elif item.keys:
                 statement = statement.on_conflict_do_nothing()
             self.conn.execute(statement, list(item.rows))
-        self.conn.execute(update(log_head).where(log_head.c.id == 1).values(last_position=head))
+        if head is not None:
+            self.conn.execute(update(log_head).where(log_head.c.id == 1).values(last_position=head))
 
     def pipelined(self):
         """A block whose statements the recorder may send together with the COMMIT."""
@@ -135,12 +136,15 @@ class PostgresRecorder(SqlRecorder):
             return [next(row) if keys else [] for _, _, keys in lookups]
         return answer
 
-    def _write(self, writes: Sequence[Write], head: int) -> None:
+    def _write(self, writes: Sequence[Write], head: int | None) -> None:
         present = [item for item in writes if item.rows]
+        if not present and head is None:
+            return
         shape = tuple((item.table, tuple(item.rows[0]), item.conflict) for item in present)
         params = [json.dumps(item.rows, separators=(",", ":"), ensure_ascii=False) for item in present]
         with _translated():
-            self.raw.cursor().execute(_write_statement(shape), [*params, head])
+            self.raw.cursor().execute(_write_statement(shape, head is not None),
+                                      [*params, head] if head is not None else params)
 
     @contextlib.contextmanager
     def pipelined(self):
@@ -174,15 +178,15 @@ def _select_json(wanted: tuple[tuple[str, str], ...]) -> str:
 
 
 @functools.cache
-def _write_statement(shape: tuple[tuple[str, tuple[str, ...], str], ...]) -> str:
+def _write_statement(shape: tuple[tuple[str, tuple[str, ...], str], ...], moves_head: bool = True) -> str:
     """One statement for a whole group commit: a data-modifying CTE per table."""
     ctes = []
     for index, (table, names, conflict) in enumerate(shape):
         columns = ", ".join(names)
         ctes.append(f"w{index} AS (INSERT INTO {table} ({columns}) "
                     f"SELECT {columns} FROM json_populate_recordset(NULL::{table}, %s::json) {conflict})")
-    head = "UPDATE log_head SET last_position = %s WHERE id = 1"
-    return f"WITH {', '.join(ctes)} {head}" if ctes else head
+    last = "UPDATE log_head SET last_position = %s WHERE id = 1" if moves_head else "SELECT 1"
+    return f"WITH {', '.join(ctes)} {last}" if ctes else last
 
 
 def recorder_for(conn: Connection) -> SqlRecorder:

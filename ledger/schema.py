@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     ForeignKey,
     Index,
@@ -110,4 +111,83 @@ voids = Table(
     "voids", metadata,
     Column("voided_event_id", String(36), primary_key=True),
     Column("void_event_id", String(36), nullable=False),
+)
+
+# --- projections: every table is keyed by the generation that built it ----------------------
+
+projection_state = Table(
+    "projection_state", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("generation", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+
+pj_batches = Table(
+    "pj_batches", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("batch_id", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("material", String(200)),
+    Column("origin_country", String(2)),
+    Column("registrant", String(64)),
+    Column("initial_mass_mg", BigInteger, nullable=False),
+    Column("current_mass_mg", BigInteger, nullable=False),
+    Column("created_position", BigInteger, nullable=False),
+    Column("updated_position", BigInteger, nullable=False),
+    Index("ix_pj_batches_origin", "generation", "origin_country"),
+)
+
+pj_holdings = Table(
+    "pj_holdings", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("batch_id", String(128), primary_key=True),
+    Column("party_id", String(64), primary_key=True),
+    Column("mass_mg", BigInteger, nullable=False),
+    Index("ix_pj_holdings_party", "generation", "party_id"),
+)
+
+pj_declarations = Table(
+    "pj_declarations", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("event_id", String(36), primary_key=True),
+    Column("batch_id", String(128), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("voided_by", String(36)),
+    Index("ix_pj_declarations_batch", "generation", "batch_id"),
+)
+
+pj_shipments = Table(
+    "pj_shipments", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("shipment_ref", String(128), primary_key=True),
+    Column("batch_id", String(128), nullable=False),
+    Column("from_party", String(64), nullable=False),
+    Column("to_party", String(64), nullable=False),
+    Column("destination_country", String(2), nullable=False),
+    Column("mass_mg", BigInteger, nullable=False),
+    Column("received_mg", BigInteger),
+    Column("received_by", String(64)),
+    Column("status", String(16), nullable=False),
+    Column("shipped_event_id", String(36), nullable=False),
+    Column("received_event_id", String(36)),
+    Column("shipped_at", String(32), nullable=False),
+    Column("received_at", String(32)),
+    Index("ix_pj_shipments_batch", "generation", "batch_id"),
+)
+
+pj_lineage = Table(
+    "pj_lineage", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("parent", String(128), primary_key=True),
+    Column("child", String(128), primary_key=True),
+    Column("mass_mg", BigInteger, nullable=False),
+    Column("child_mass_mg", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("voided", Boolean, nullable=False),
+    Index("ix_pj_lineage_child", "generation", "child"),
 )

@@ -10,6 +10,8 @@ from ledger.config import Settings
 from ledger.db import make_engine, upgrade
 from ledger.events import Clock, utc_now
 from ledger.parties import PartyRegistry
+from ledger.projections import ALL, ProjectionEngine
+from ledger.projections.views import Views
 from ledger.store import EventStore
 
 
@@ -19,6 +21,8 @@ class Ledger:
     engine: Engine
     store: EventStore
     parties: PartyRegistry
+    projections: ProjectionEngine
+    views: Views
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Clock = utc_now, migrate: bool = False) -> Ledger:
@@ -26,7 +30,9 @@ class Ledger:
         engine = make_engine(settings.database_url)
         if migrate:
             upgrade(engine)
-        return cls(settings, engine, EventStore(engine, clock), PartyRegistry(engine, clock))
+        store = EventStore(engine, clock)
+        projections = ProjectionEngine(engine, store, [projection() for projection in ALL], clock)
+        return cls(settings, engine, store, PartyRegistry(engine, clock), projections, Views(engine))
 
     def close(self) -> None:
         self.store.close()

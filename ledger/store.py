@@ -340,6 +340,16 @@ class EventStore:
         with self._reads.connect() as conn:
             return [_recorded(row) for row in conn.execute(query)]
 
+    def effects_after(self, conn: Connection, after: int, limit: int,
+                      until: int | None = None) -> list[tuple[RecordedEvent, dict]]:
+        """Events after a position with the custody effects the append path computed for
+        them, read on the caller's connection (a projection's transaction)."""
+        query = select(*_ENVELOPE_COLUMNS, events.c.effects).where(events.c.position > after)
+        if until is not None:
+            query = query.where(events.c.position <= until)
+        rows = conn.execute(query.order_by(events.c.position).limit(limit))
+        return [(_recorded(row), json.loads(row.effects)) for row in rows]
+
     def stream(self, batch_id: str, after_version: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         query = (select(*_ENVELOPE_COLUMNS)
                  .where(events.c.batch_id == batch_id, events.c.version > after_version)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -209,3 +210,28 @@ def live_server(request, tmp_path_factory):
     stop_server(server)
     if drop:
         drop()
+
+
+@pytest.fixture(scope="module")
+def keys(live_server):
+    """A key per role on the live server, with party ids unique to the test module."""
+    suffix = uuid.uuid4().hex[:6]
+    names = {"maker": ("CN", "partner"), "importer": ("IN", "partner"), "stranger": ("US", "partner"),
+             "regulator": ("CN", "regulator"), "auditor": ("IN", "auditor"), "admin": ("IN", "admin")}
+    found = {}
+    for short, (country, role) in names.items():
+        party_id = f"{short}-{suffix}"
+        found[short] = live_server.add_party(party_id, country, role)
+        found[short + "_id"] = party_id
+    return found
+
+
+def assert_problem(response, status: int, *fields: str) -> dict:
+    """An RFC 9457 problem with this status, naming at least these fields."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    for field in fields:
+        assert field in body.get("errors", {}), body
+    return body

@@ -8,33 +8,11 @@ import uuid
 
 import pytest
 
+from tests.conftest import assert_problem
 from tests.helpers import declared, event, received, registered, shipped, unique
 from tests.jcs import canonicalize
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture(scope="module")
-def keys(live_server):
-    suffix = uuid.uuid4().hex[:6]
-    names = {"maker": ("CN", "partner"), "importer": ("IN", "partner"), "stranger": ("US", "partner"),
-             "regulator": ("CN", "regulator"), "auditor": ("IN", "auditor"), "admin": ("IN", "admin")}
-    found = {}
-    for short, (country, role) in names.items():
-        party_id = f"{short}-{suffix}"
-        found[short] = live_server.add_party(party_id, country, role)
-        found[short + "_id"] = party_id
-    return found
-
-
-def assert_problem(response, status: int, *fields: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    for field in fields:
-        assert field in body.get("errors", {}), body
-    return body
 
 
 def test_post_then_read_back_and_recompute_the_leaf_hash_independently(live_server, keys):

@@ -1,21 +1,34 @@
-"""The `magledger worker` process: an RQ worker on the ledger's queue."""
+"""The RQ side of the ledger: the queue, the worker process, the scheduler, and the
+notifier that asks for projection catch-ups after appends."""
 
 from __future__ import annotations
 
-from redis import Redis
-from rq import Queue, Worker
+import logging
+import uuid
+
+from redis import Redis, RedisError
+from rq import Queue, Retry, Worker
+from rq.cron import CronScheduler
 
 from ledger.config import Settings
 
 QUEUE_NAME = "magledger"
+PENDING_SECONDS = 60
+CATCH_UP_INTERVAL_SECONDS = 30
+
+log = logging.getLogger("magledger.workers")
 
 
 def connect(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_url)
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
 def queue(settings: Settings, connection: Redis | None = None) -> Queue:
     return Queue(QUEUE_NAME, connection=connection or connect(settings))
+
+
+def pending_key(name: str) -> str:
+    return f"magledger:catch-up-pending:{name}"
 
 
 def run_worker(settings: Settings, burst: bool = False) -> bool:
@@ -23,3 +36,41 @@ def run_worker(settings: Settings, burst: bool = False) -> bool:
     mode, until it is empty."""
     connection = connect(settings)
     return Worker([queue(settings, connection)], connection=connection).work(burst=burst)
+
+
+def run_scheduler(settings: Settings) -> None:
+    """RQ's cron scheduler: the periodic catch-up of every projection."""
+    from workers import jobs
+
+    scheduler = CronScheduler(connection=connect(settings))
+    scheduler.register(jobs.catch_up_all, QUEUE_NAME, interval=CATCH_UP_INTERVAL_SECONDS)
+    scheduler.start()
+
+
+class CatchUpNotifier:
+    """After an append, one catch-up job per projection, deduplicated: a job is enqueued
+    only if none is pending (a Redis key set with NX, cleared when the job starts)."""
+
+    def __init__(self, settings: Settings, names: list[str]):
+        self.settings = settings
+        self.names = names
+        self.connection = connect(settings)
+        self.failures = 0
+
+    def __call__(self) -> None:
+        from workers import jobs
+
+        try:
+            with self.connection.pipeline() as pipe:
+                for name in self.names:
+                    pipe.set(pending_key(name), "1", nx=True, ex=PENDING_SECONDS)
+                fresh = pipe.execute()
+            target = queue(self.settings, self.connection)
+            for name, is_new in zip(self.names, fresh):
+                if is_new:
+                    target.enqueue(jobs.catch_up, name, job_id=f"catch-up-{name}-{uuid.uuid4().hex[:12]}",
+                                   retry=Retry(max=3, interval=[1, 5, 15]), result_ttl=60, failure_ttl=86400)
+        except RedisError as error:
+            # The append is committed; the periodic catch-up will bring the projections up.
+            self.failures += 1
+            log.warning("could not enqueue projection catch-up (%s failures so far): %s", self.failures, error)

@@ -1,3 +1,5 @@
+import logging
+
 from flask import current_app, request
 from flask_smorest import Blueprint
 
@@ -5,6 +7,8 @@ from api.auth import current_party, requires
 from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
 from ledger.errors import Invalid, NotFound
 from ledger.events import loads, parse_post
+
+log = logging.getLogger("magledger.api")
 
 blp = Blueprint("events", __name__, url_prefix="/v1/events", description="The append-only custody log")
 
@@ -36,6 +40,13 @@ def post_events():
         raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
     new_events, is_batch = parse_post(body, ledger.store.clock(), ledger.settings.max_events_per_post)
     result = ledger.store.append(current_party(), new_events, is_batch)
+    if result.created:
+        try:
+            current_app.extensions["magledger_after_append"]()
+        except Exception:
+            # The events are committed: the answer stays 201, and the next catch-up (the
+            # next append's, or the periodic one) brings the projections up.
+            log.exception("projection catch-up after append failed")
     return {"receipts": result.receipts}, 201 if result.created else 200
 
 

@@ -1,0 +1,87 @@
+from flask import current_app
+from flask_smorest import Blueprint
+
+from api.auth import current_party, requires
+from api.schemas import BatchArgs, BatchListArgs, BatchPage, BatchState, EventPage, LineageArgs, LineageView
+from ledger.errors import Forbidden, NotFound, Unavailable
+
+blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches, from the projections")
+
+MIN_POSITION_WAIT_SECONDS = 5
+
+
+def _ledger():
+    return current_app.extensions["magledger"]
+
+
+def _visible(batch_id: str) -> None:
+    """A batch the caller may not see answers exactly as one that does not exist."""
+    if not _ledger().store.can_see(current_party(), batch_id):
+        raise NotFound(f"Batch {batch_id!r} not found.")
+
+
+def _wait(min_position: int | None) -> None:
+    if min_position and not _ledger().projections.wait_for(min_position, MIN_POSITION_WAIT_SECONDS):
+        raise Unavailable(f"The projections have not reached position {min_position} yet; retry shortly.")
+
+
+def _answer(body: dict):
+    return body, 200, {"X-Ledger-Position": str(body["as_of_position"])}
+
+
+@blp.route("/<batch_id>", methods=["GET"])
+@requires()
+@blp.arguments(BatchArgs, location="query")
+@blp.response(200, BatchState)
+def get_batch(args, batch_id):
+    """A batch's state: material, masses, origin, holdings, open shipments, declarations."""
+    _visible(batch_id)
+    _wait(args["min_position"])
+    state = _ledger().views.batch(batch_id)
+    if state is None:
+        raise NotFound(f"Batch {batch_id!r} not found (the projections are at "
+                       f"{_ledger().projections.position()}; retry with min_position if it is new).")
+    return _answer(state)
+
+
+@blp.route("", methods=["GET"])
+@requires("regulator", "auditor")
+@blp.arguments(BatchListArgs, location="query")
+@blp.response(200, BatchPage)
+def list_batches(args):
+    """Batches, filtered by current holder or origin country (regulators and auditors)."""
+    _wait(args["min_position"])
+    items, position = _ledger().views.batches(holder=args["holder"], country=args["country"],
+                                              after=args["cursor"], limit=args["limit"])
+    return _answer({"items": items, "next": items[-1]["batch_id"] if len(items) == args["limit"] else None,
+                    "as_of_position": position})
+
+
+@blp.route("/<batch_id>/events", methods=["GET"])
+@requires()
+@blp.arguments(BatchArgs, location="query")
+@blp.response(200, EventPage)
+def batch_events(args, batch_id):
+    """The batch's own stream, in version order."""
+    _visible(batch_id)
+    events = _ledger().store.stream(batch_id)
+    if not events:
+        raise NotFound(f"Batch {batch_id!r} not found.")
+    position = _ledger().store.last_position()
+    return {"items": [e.envelope() for e in events], "next": None}, 200, {"X-Ledger-Position": str(position)}
+
+
+@blp.route("/<batch_id>/lineage", methods=["GET"])
+@requires()
+@blp.arguments(LineageArgs, location="query")
+@blp.response(200, LineageView)
+def lineage(args, batch_id):
+    """Parents and children around a batch; partners may look upstream only."""
+    _visible(batch_id)
+    if current_party().role == "partner" and args["direction"] != "up":
+        raise Forbidden("Partners may read lineage upstream only (direction=up).")
+    _wait(args["min_position"])
+    view = _ledger().views.lineage(batch_id, args["direction"], args["depth"])
+    if view is None:
+        raise NotFound(f"Batch {batch_id!r} not found.")
+    return _answer(view)

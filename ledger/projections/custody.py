@@ -1,0 +1,193 @@
+"""Batch state, shipments and lineage, folded from the log.
+
+Holding and remaining-mass changes are not recomputed here: the append path stores, with
+every event, the custody effects it computed when it judged standing (a void stores the
+reversal), and these projections add them up. One place decides what an event does to
+custody; the read side asks it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, select, tuple_
+
+from ledger.events import RecordedEvent, mass_to_mg
+from ledger.projections.engine import Projection
+from ledger.recorders import Write, recorder_for
+from ledger.schema import parties, pj_batches, pj_declarations, pj_holdings, pj_lineage, pj_shipments
+
+
+def _countries(conn: Connection, party_ids: Iterable[str]) -> dict[str, str]:
+    ids = list(set(party_ids))
+    if not ids:
+        return {}
+    return dict(conn.execute(select(parties.c.party_id, parties.c.country).where(parties.c.party_id.in_(ids))).all())
+
+
+def _load(conn: Connection, table, generation: int, key_columns: list[str], keys: Iterable[tuple]) -> dict:
+    keys = list(set(keys))
+    found: dict = {}
+    columns = [table.c[name] for name in key_columns]
+    for start in range(0, len(keys), 400):
+        chunk = keys[start:start + 400]
+        condition = (columns[0].in_([k[0] for k in chunk]) if len(columns) == 1
+                     else tuple_(*columns).in_(chunk))
+        for row in conn.execute(select(table).where(table.c.generation == generation, condition)):
+            mapping = dict(row._mapping)
+            found[tuple(mapping[name] for name in key_columns)] = mapping
+    return found
+
+
+class BatchState(Projection):
+    """Per batch: kind, material, origin, initial and current mass, holdings by party, and
+    the end-use declarations recorded on it (with the void that withdrew one, if any)."""
+
+    name = "batch_state"
+    version = 1
+    tables = (pj_batches, pj_holdings, pj_declarations)
+
+    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+        touched_batches, touched_holdings = set(), set()
+        for event, effects in events:
+            touched_batches.add(event.batch_id)
+            touched_batches.update(p["batch_id"] for p in event.data.get("children", ()))
+            touched_batches.update(b for b, _ in effects.get("remaining", ()))
+            touched_holdings.update((b, p) for b, p, _ in effects.get("holdings", ()))
+        batches = {k[0]: v for k, v in _load(conn, pj_batches, generation, ["batch_id"],
+                                               [(b,) for b in touched_batches]).items()}
+        holdings = {k: v for k, v in _load(conn, pj_holdings, generation, ["batch_id", "party_id"],
+                                           touched_holdings).items()}
+        countries = _countries(conn, [e.actor for e, _ in events if e.type == "batch.transformed"])
+        declarations: dict[str, dict] = {}
+        voided = [e.data["voided_event_id"] for e, _ in events if e.type == "event.voided"]
+        if voided:
+            declarations.update({k[0]: v for k, v in _load(conn, pj_declarations, generation, ["event_id"],
+                                                            [(v,) for v in voided]).items()})
+        for event, effects in events:
+            self._create_batches(event, batches, countries, generation)
+            if event.type == "enduse.declared":
+                declarations[event.event_id] = {
+                    "generation": generation, "event_id": event.event_id, "batch_id": event.batch_id,
+                    "position": event.position, "data": json.dumps(event.data, sort_keys=True), "voided_by": None}
+            elif event.type == "event.voided" and event.data["voided_event_id"] in declarations:
+                declarations[event.data["voided_event_id"]]["voided_by"] = event.event_id
+            for batch_id, party_id, delta in effects.get("holdings", ()):
+                row = holdings.setdefault((batch_id, party_id), {"generation": generation, "batch_id": batch_id,
+                                                                 "party_id": party_id, "mass_mg": 0})
+                row["mass_mg"] += delta
+            for batch_id, delta in effects.get("remaining", ()):
+                batches[batch_id]["current_mass_mg"] += delta
+            for batch_id in {event.batch_id, *(b for b, _ in effects.get("remaining", ()))}:
+                if batch_id in batches:
+                    batches[batch_id]["updated_position"] = event.position
+        recorder_for(conn).write([
+            Write("pj_batches", list(batches.values()), ("generation", "batch_id"),
+                  ("current_mass_mg", "updated_position")),
+            Write("pj_holdings", list(holdings.values()), ("generation", "batch_id", "party_id"), ("mass_mg",)),
+            Write("pj_declarations", list(declarations.values()), ("generation", "event_id"), ("voided_by",)),
+        ])
+
+    @staticmethod
+    def _create_batches(event: RecordedEvent, batches: dict, countries: dict, generation: int) -> None:
+        def new(batch_id, kind, material, origin_country, registrant, mass):
+            batches.setdefault(batch_id, {
+                "generation": generation, "batch_id": batch_id, "kind": kind, "material": material,
+                "origin_country": origin_country, "registrant": registrant, "initial_mass_mg": mass,
+                "current_mass_mg": 0, "created_position": event.position, "updated_position": event.position})
+
+        data = event.data
+        if event.type == "batch.registered":
+            new(event.batch_id, "registered", data["material"], data["origin_country"], event.actor,
+                mass_to_mg(data["mass_kg"]))
+        elif event.type == "batch.split" and event.batch_id in batches:
+            parent = batches[event.batch_id]
+            for child in data["children"]:
+                new(child["batch_id"], "split", parent["material"], parent["origin_country"], None,
+                    mass_to_mg(child["mass_kg"]))
+        elif event.type == "batch.transformed":
+            new(event.batch_id, "transformed", data["product"], countries.get(event.actor), None,
+                mass_to_mg(data["mass_kg"]))
+
+
+class Shipments(Projection):
+    """Every shipment: who sent what to whom and where, and its receipt, if any."""
+
+    name = "shipments"
+    version = 1
+    tables = (pj_shipments,)
+
+    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+        refs = {e.data["shipment_ref"] for e, _ in events if "shipment_ref" in e.data}
+        refs |= {fx["shipment"][0] for _, fx in events if "shipment" in fx}
+        if not refs:
+            return
+        rows = {k[0]: v for k, v in _load(conn, pj_shipments, generation, ["shipment_ref"],
+                                            [(r,) for r in refs]).items()}
+        countries = _countries(conn, [e.data["to_party"] for e, _ in events if e.type == "custody.shipped"])
+        for event, effects in events:
+            data = event.data
+            if event.type == "custody.shipped":
+                rows[data["shipment_ref"]] = {
+                    "generation": generation, "shipment_ref": data["shipment_ref"], "batch_id": event.batch_id,
+                    "from_party": event.actor, "to_party": data["to_party"],
+                    "destination_country": data.get("destination_country") or countries.get(data["to_party"], ""),
+                    "mass_mg": mass_to_mg(data["mass_kg"]), "received_mg": None, "received_by": None,
+                    "status": "open", "shipped_event_id": event.event_id, "received_event_id": None,
+                    "shipped_at": event.occurred_at, "received_at": None}
+            elif event.type == "custody.received":
+                rows[data["shipment_ref"]].update(
+                    status="received", received_mg=mass_to_mg(data["mass_kg"]), received_by=event.actor,
+                    received_event_id=event.event_id, received_at=event.occurred_at)
+            elif event.type == "event.voided" and "shipment" in effects:
+                ref, status = effects["shipment"]
+                rows[ref]["status"] = status
+                if status == "open":
+                    rows[ref].update(received_mg=None, received_by=None, received_event_id=None, received_at=None)
+        recorder_for(conn).write([Write(
+            "pj_shipments", list(rows.values()), ("generation", "shipment_ref"),
+            ("status", "received_mg", "received_by", "received_event_id", "received_at"))])
+
+
+class Lineage(Projection):
+    """Parent -> child edges made by splits and transformations, with the parent's mass that
+    went into the child and the child's mass (their ratio is the edge's fraction)."""
+
+    name = "lineage"
+    version = 1
+    tables = (pj_lineage,)
+
+    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+        edges: dict[tuple[str, str], dict] = {}
+        voided = {e.data["voided_event_id"] for e, _ in events if e.type == "event.voided"}
+        if voided:
+            for row in conn.execute(select(pj_lineage).where(pj_lineage.c.generation == generation,
+                                                             pj_lineage.c.event_id.in_(list(voided)))):
+                edges[(row.parent, row.child)] = dict(row._mapping)
+        for event, _ in events:
+            data = event.data
+            if event.type == "batch.split":
+                for child in data["children"]:
+                    mass = mass_to_mg(child["mass_kg"])
+                    edges[(event.batch_id, child["batch_id"])] = self._edge(
+                        generation, event, event.batch_id, child["batch_id"], mass, mass)
+            elif event.type == "batch.transformed":
+                output = mass_to_mg(data["mass_kg"])
+                for portion in data["inputs"]:
+                    edges[(portion["batch_id"], event.batch_id)] = self._edge(
+                        generation, event, portion["batch_id"], event.batch_id, mass_to_mg(portion["mass_kg"]), output)
+            elif event.type == "event.voided":
+                for edge in edges.values():
+                    if edge["event_id"] == data["voided_event_id"]:
+                        edge["voided"] = True
+        recorder_for(conn).write([Write("pj_lineage", list(edges.values()), ("generation", "parent", "child"),
+                                        ("voided",))])
+
+    @staticmethod
+    def _edge(generation, event, parent, child, mass, child_mass) -> dict:
+        return {"generation": generation, "parent": parent, "child": child, "mass_mg": mass,
+                "child_mass_mg": child_mass, "event_id": event.event_id, "position": event.position, "voided": False}
+
+
+ALL = (BatchState, Shipments, Lineage)

@@ -1,0 +1,221 @@
+"""The projection engine (SPEC 6): named projections folded from the log in position order.
+
+Each projection has generations. A generation's checkpoint (the last position it applied)
+is a row of `projection_state`, written in the same transaction as the rows that batch of
+events changed, so a catch-up killed at any moment resumes without losing or applying an
+event twice. Concurrent catch-ups of one generation serialize on that row's lock.
+
+Exactly one generation of a projection is `serving`; queries join it by name and status
+in the same statement that reads the rows, so they never mix generations. A rebuild (or a
+projection whose code version changed) builds a new `building` generation beside it from
+position 0, and switches over in one transaction once it has caught up; the retired rows
+are deleted afterwards. Because positions commit in order (SPEC 3.5), reading
+`position > checkpoint` never skips an event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ledger.db import reader, writer
+from ledger.events import Clock, RecordedEvent, format_time, utc_now
+from ledger.schema import log_head, projection_state
+from ledger.store import EventStore
+
+BATCH_SIZE = 2000
+
+
+class Projection:
+    """A fold of the log into tables keyed by generation. Subclasses set `name`, `version`
+    (bump it when `apply` changes, and the engine rebuilds) and `tables`."""
+
+    name: str
+    version: int
+    tables: tuple[Table, ...]
+
+    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Progress:
+    name: str
+    generation: int
+    position: int
+    head: int
+    applied: int
+
+
+class ProjectionEngine:
+    def __init__(self, engine: Engine, store: EventStore, projections: Iterable[Projection],
+                 clock: Clock = utc_now, batch_size: int = BATCH_SIZE):
+        self.engine = engine
+        self.store = store
+        self.projections = {p.name: p for p in projections}
+        self.clock = clock
+        self.batch_size = batch_size
+        self._writer = writer(engine)
+        self._reads = reader(engine)
+
+    # --- catching up ---------------------------------------------------------------------
+
+    def catch_up(self, names: Iterable[str] | None = None) -> int:
+        """Bring the serving generations up to the head; returns the events applied."""
+        applied = 0
+        for name in names or self.projections:
+            generation = self._serving_or_new(name)
+            while True:
+                step = self._step(name, generation)
+                applied += step.applied
+                if step.applied == 0:
+                    break
+        return applied
+
+    def _step(self, name: str, generation: int, until: int | None = None) -> Progress:
+        """Apply the next batch of events to one generation, with its checkpoint, atomically."""
+        projection = self.projections[name]
+        with self._writer.begin() as conn:
+            position = conn.execute(
+                select(projection_state.c.position)
+                .where(projection_state.c.name == name, projection_state.c.generation == generation)
+                .with_for_update()).scalar_one()
+            head = conn.execute(select(log_head.c.last_position)).scalar_one()
+            batch = self.store.effects_after(conn, position, self.batch_size, until)
+            if batch:
+                projection.apply(conn, generation, batch)
+                position = batch[-1][0].position
+                conn.execute(update(projection_state)
+                             .where(projection_state.c.name == name, projection_state.c.generation == generation)
+                             .values(position=position, updated_at=format_time(self.clock())))
+        return Progress(name, generation, position, head, len(batch))
+
+    def _serving_or_new(self, name: str) -> int:
+        """The serving generation; a projection never built starts serving at position 0,
+        and one whose code version changed is rebuilt first."""
+        projection = self.projections[name]
+        row = self._state(name, "serving")
+        if row is None:
+            return self._create(name, "serving")
+        if row.version != projection.version:
+            return self.rebuild(name)
+        return row.generation
+
+    # --- rebuilding ----------------------------------------------------------------------
+
+    def rebuild(self, name: str, on_progress: Callable[[Progress], None] | None = None) -> int:
+        """Build a new generation beside the serving one and switch to it once caught up.
+
+        A rebuild interrupted at any point resumes from its own checkpoint when called again.
+        Returns the new serving generation.
+        """
+        building = self._state(name, "building")
+        generation = building.generation if building is not None and \
+            building.version == self.projections[name].version else self._create(name, "building")
+        while True:
+            step = self._step(name, generation)
+            if on_progress:
+                on_progress(step)
+            if step.applied == 0:
+                break
+        self._switch(name, generation)
+        return generation
+
+    def _switch(self, name: str, generation: int) -> None:
+        """Serve the new generation: under the serving row's lock, apply what arrived since
+        the last step, then swap statuses in the same transaction."""
+        projection = self.projections[name]
+        with self._writer.begin() as conn:
+            rows = conn.execute(select(projection_state).where(projection_state.c.name == name)
+                                .with_for_update()).all()
+            position = next(r.position for r in rows if r.generation == generation)
+            while batch := self.store.effects_after(conn, position, self.batch_size):
+                projection.apply(conn, generation, batch)
+                position = batch[-1][0].position
+            now = format_time(self.clock())
+            conn.execute(update(projection_state)
+                         .where(projection_state.c.name == name, projection_state.c.status == "serving")
+                         .values(status="retired", updated_at=now))
+            conn.execute(update(projection_state)
+                         .where(projection_state.c.name == name, projection_state.c.generation == generation)
+                         .values(status="serving", position=position, updated_at=now))
+        self._drop_retired(name)
+
+    def _drop_retired(self, name: str) -> None:
+        projection = self.projections[name]
+        with self._writer.begin() as conn:
+            retired = conn.execute(select(projection_state.c.generation).where(
+                projection_state.c.name == name, projection_state.c.status == "retired")).scalars().all()
+            for generation in retired:
+                for table in projection.tables:
+                    conn.execute(delete(table).where(table.c.generation == generation))
+                conn.execute(delete(projection_state).where(projection_state.c.name == name,
+                                                            projection_state.c.generation == generation))
+
+    def _create(self, name: str, status: str) -> int:
+        """A new generation at position 0. Two processes creating the first serving generation
+        at once collide on its key; the loser then serves the winner's."""
+        try:
+            return self._insert_generation(name, status)
+        except IntegrityError:
+            existing = self._state(name, status)
+            if existing is None:
+                raise
+            return existing.generation
+
+    def _insert_generation(self, name: str, status: str) -> int:
+        with self._writer.begin() as conn:
+            generation = (conn.execute(select(func.max(projection_state.c.generation))
+                                       .where(projection_state.c.name == name)).scalar() or 0) + 1
+            conn.execute(insert(projection_state).values(
+                name=name, generation=generation, version=self.projections[name].version, position=0,
+                status=status, updated_at=format_time(self.clock())))
+        return generation
+
+    def _state(self, name: str, status: str):
+        with self._reads.connect() as conn:
+            return conn.execute(select(projection_state).where(
+                projection_state.c.name == name, projection_state.c.status == status)).first()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def positions(self) -> dict[str, int]:
+        """The position each serving projection has reached."""
+        with self._reads.connect() as conn:
+            rows = conn.execute(select(projection_state.c.name, projection_state.c.position)
+                                .where(projection_state.c.status == "serving")).all()
+        found = dict(rows)
+        return {name: found.get(name, 0) for name in self.projections}
+
+    def position(self) -> int:
+        """The position every projection has reached (the least of them)."""
+        return min(self.positions().values(), default=0)
+
+    def wait_for(self, position: int, timeout: float, poll: float = 0.05) -> bool:
+        """Whether every projection reaches `position` within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.position() < position:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+        return True
+
+    def digest(self, name: str) -> str:
+        """SHA-256 over the serving generation's rows, for comparing two builds."""
+        projection = self.projections[name]
+        hasher = hashlib.sha256()
+        with self._reads.connect() as conn:
+            generation = conn.execute(select(projection_state.c.generation).where(
+                projection_state.c.name == name, projection_state.c.status == "serving")).scalar()
+            for table in projection.tables:
+                columns = [c for c in table.columns if c.name != "generation"]
+                keys = [c for c in table.primary_key.columns if c.name != "generation"]
+                for row in conn.execute(select(*columns).where(table.c.generation == generation).order_by(*keys)):
+                    hasher.update(json.dumps([table.name, *row], default=str).encode())
+        return hasher.hexdigest()

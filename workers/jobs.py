@@ -1,0 +1,27 @@
+"""RQ jobs: each opens the ledger once per worker process and calls one core function."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ledger.config import Settings
+from ledger.services import Ledger
+from workers import runner
+
+
+@cache
+def _ledger() -> Ledger:
+    return Ledger.open(Settings.from_env())
+
+
+def catch_up(name: str) -> int:
+    """Bring one projection up to the head of the log; returns the events applied."""
+    ledger = _ledger()
+    # Cleared before the work, so an append arriving meanwhile schedules another run.
+    runner.connect(ledger.settings).delete(runner.pending_key(name))
+    return ledger.projections.catch_up([name])
+
+
+def catch_up_all() -> int:
+    """The periodic safety net: nothing waits forever on a lost job."""
+    return _ledger().projections.catch_up()
