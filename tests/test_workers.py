@@ -1,0 +1,146 @@
+"""Projections kept by real RQ workers against a real Redis, and what survives a dead Redis
+or a worker killed with SIGKILL (SPEC 6)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from ledger.services import Ledger
+from tests.conftest import free_port, magledger, service_missing, settings_for, start_server, stop_server
+from tests.helpers import declared, parties, post, registered, unique
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, so that the test may stop and restart it."""
+
+    def __init__(self, directory):
+        if shutil.which("redis-server") is None:
+            service_missing("redis-server", "not installed")
+        self.port = free_port()
+        self.directory = directory
+        self.process = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def start_worker(env: dict, log_path) -> subprocess.Popen:
+    with open(log_path, "a") as log:
+        return subprocess.Popen([sys.executable, "-m", "ledger.cli", "worker"], env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_a_worker_catches_projections_up_after_posts(postgres_url, private_redis, tmp_path):
+    server = start_server(postgres_url, tmp_path / "server.log", {"REDIS_URL": private_redis.url})
+    worker = start_worker(server.env, tmp_path / "worker.log")
+    try:
+        key = server.add_party("maker-co", "CN")
+        batch = unique()
+        receipts = server.request("POST", "/v1/events", key, json={"events": [registered(batch), declared(batch)]})
+        position = receipts.json()["receipts"][-1]["position"]
+        answer = server.request("GET", f"/v1/batches/{batch}?min_position={position}", key)
+        assert answer.status_code == 200, answer.text + (tmp_path / "worker.log").read_text()
+        assert int(answer.headers["X-Ledger-Position"]) >= position
+        assert len(answer.json()["declarations"]) == 1
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        stop_server(server)
+
+
+def test_posts_succeed_while_redis_is_down_and_projections_converge_after(postgres_url, private_redis, tmp_path):
+    server = start_server(postgres_url, tmp_path / "server.log", {"REDIS_URL": private_redis.url})
+    worker = None
+    try:
+        key = server.add_party("maker-co", "CN")
+        private_redis.stop()
+        batches = [unique() for _ in range(20)]
+        for batch in batches:
+            response = server.request("POST", "/v1/events", key, json=registered(batch))
+            assert response.status_code == 201, response.text
+        private_redis.start()
+        worker = start_worker(server.env, tmp_path / "worker.log")
+        # The next append after Redis returns asks for a catch-up of everything behind it.
+        last = server.request("POST", "/v1/events", key, json=registered(unique())).json()["receipts"][0]["position"]
+        answer = server.request("GET", f"/v1/batches/{batches[0]}?min_position={last}", key)
+        assert answer.status_code == 200, answer.text
+        ledger = Ledger.open(settings_for(postgres_url))
+        assert ledger.projections.position() == ledger.store.last_position() == last
+        ledger.close()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        stop_server(server)
+
+
+def test_a_rebuild_killed_mid_way_resumes_and_matches_a_rebuild_from_scratch(postgres_url, tmp_path):
+    ledger = Ledger.open(settings_for(postgres_url))
+    cast = parties(ledger)
+    for start in range(0, 50_000, 500):
+        raws = [registered(f"K-{start + i}", "10") for i in range(250)]
+        raws += [declared(f"K-{start + i}") for i in range(250)]
+        post(ledger, cast["maker"], *raws)
+    assert ledger.store.last_position() == 50_000
+    ledger.projections.catch_up()
+    expected = ledger.projections.digest("batch_state")
+
+    env = {"DATABASE_URL": postgres_url}
+    rebuild = subprocess.Popen([sys.executable, "-m", "ledger.cli", "projections", "rebuild", "batch_state"],
+                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def building_position():
+        row = ledger.projections._state("batch_state", "building")
+        return row.position if row else 0
+
+    assert wait_until(lambda: building_position() >= 5_000, timeout=120), "the rebuild did not start"
+    rebuild.send_signal(signal.SIGKILL)
+    rebuild.wait()
+    interrupted = ledger.projections._state("batch_state", "building")
+    assert interrupted is not None and 0 < interrupted.position < 50_000
+    assert ledger.projections.digest("batch_state") == expected, "readers still see the serving generation"
+    result = magledger("projections", "rebuild", "batch_state", env=env, timeout=300)
+    assert f'"generation": {interrupted.generation}' in result.stdout, "the rebuild resumed its own generation"
+    assert ledger.projections.digest("batch_state") == expected
+    ledger.close()
