@@ -83,20 +83,18 @@ def projections_rebuild(name: str | None) -> None:
     if unknown:
         raise click.UsageError(f"no projection {unknown[0]!r}; there are {', '.join(ledger.projections.projections)}")
     head = ledger.store.last_position()
-    for each in names:
-        started = time.perf_counter()
-        with click.progressbar(length=max(head, 1), label=f"{each:<12}", file=sys.stderr) as bar:
-            seen = {"position": 0}
+    started = time.perf_counter()
+    with click.progressbar(length=max(head, 1), label="rebuilding", file=sys.stderr) as bar:
+        seen = {"position": 0}
 
-            def advance(step, bar=bar, seen=seen):
-                bar.update(max(step.position - seen["position"], 0))
-                seen["position"] = step.position
+        def advance(step):
+            bar.update(max(step.position - seen["position"], 0))
+            seen["position"] = step.position
 
-            generation = ledger.projections.rebuild(each, on_progress=advance)
-        elapsed = time.perf_counter() - started
-        rate = head / elapsed if elapsed > 0 else 0
-        click.echo(json.dumps({"projection": each, "generation": generation, "events": head,
-                               "seconds": round(elapsed, 3), "events_per_second": round(rate)}))
+        generations = ledger.projections.rebuild(names, on_progress=advance)
+    elapsed = time.perf_counter() - started
+    click.echo(json.dumps({"projections": generations, "events": head, "seconds": round(elapsed, 3),
+                           "events_per_second": round(head / elapsed) if elapsed > 0 else None}))
     ledger.close()
 
 

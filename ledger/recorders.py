@@ -69,14 +69,20 @@ class SqlRecorder:
     def select_in(self, table: str, column: str, keys: Iterable) -> list[dict]:
         return self.select_many([(table, column, keys)])[0]
 
-    def _select_in(self, table: str, column: str, keys: Iterable) -> list[dict]:
+    def _select_in(self, table: str, column: str, keys: Iterable, generation: int | None = None) -> list[dict]:
         keys = list(keys)
         target = metadata.tables[table]
         found: list[dict] = []
         for start in range(0, len(keys), CHUNK):
-            rows = self.conn.execute(select(target).where(target.c[column].in_(keys[start:start + CHUNK])))
-            found.extend(dict(row._mapping) for row in rows)
+            query = select(target).where(target.c[column].in_(keys[start:start + CHUNK]))
+            if generation is not None:
+                query = query.where(target.c.generation == generation)
+            found.extend(dict(row._mapping) for row in self.conn.execute(query))
         return found
+
+    def select_generation(self, table: str, generation: int, column: str, keys: Iterable) -> list[dict]:
+        """A projection's rows of one generation whose `column` is one of `keys`."""
+        return self._select_in(table, column, keys, generation)
 
     def write(self, writes: Sequence[Write], head: int | None = None) -> None:
         """Apply every write, then move the log head to `head` (when given)."""
@@ -120,6 +126,16 @@ class PostgresRecorder(SqlRecorder):
     def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
         with self.pipelined():
             return self._queue_select(lookups)()
+
+    def select_generation(self, table: str, generation: int, column: str, keys: Iterable) -> list[dict]:
+        keys = list(keys)
+        if not keys:
+            return []
+        names = [c.name for c in metadata.tables[table].columns]
+        with _translated(), self.raw.cursor() as cursor:
+            cursor.execute(f"SELECT {', '.join(names)} FROM {table} WHERE generation = %s AND {column} = ANY(%s)",
+                           (generation, keys))
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def _queue_select(self, lookups: Sequence[Lookup]):
         """Send every look-up as one statement (a JSON array per look-up); returns a function

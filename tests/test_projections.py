@@ -92,14 +92,13 @@ def test_rebuild_gives_the_same_rows_and_readers_keep_the_serving_generation(led
     engine = ledger.projections
     engine.batch_size = 2
     building = engine._create("batch_state", "building")
-    engine._step("batch_state", building)
+    engine._step([("batch_state", building)])
     assert ledger.views.batch(ids["half"]) == before
     # Running the rebuild again resumes the interrupted generation, then switches over.
-    assert engine.rebuild("batch_state") == building
+    assert engine.rebuild(["batch_state"]) == {"batch_state": building}
     assert ledger.views.batch(ids["half"]) == before
-    for name in engine.projections:
-        engine.rebuild(name)
-        assert engine.digest(name) == digests[name]
+    engine.rebuild()
+    assert {name: engine.digest(name) for name in engine.projections} == digests
 
 
 def test_a_changed_projection_version_is_rebuilt_before_it_serves(ledger):
@@ -140,7 +139,6 @@ def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path,
         ledger.projections.catch_up()
     incremental = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
     ledger.projections.batch_size = 1000
-    for name in ledger.projections.projections:
-        ledger.projections.rebuild(name)
+    ledger.projections.rebuild()
     assert {name: ledger.projections.digest(name) for name in ledger.projections.projections} == incremental
     ledger.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, select
 
 from ledger.events import RecordedEvent, mass_to_mg
 from ledger.projections.engine import Projection
@@ -27,16 +27,15 @@ def _countries(conn: Connection, party_ids: Iterable[str]) -> dict[str, str]:
 
 
 def _load(conn: Connection, table, generation: int, key_columns: list[str], keys: Iterable[tuple]) -> dict:
-    keys = list(set(keys))
+    """Rows of one generation by key, looked up by the key's first column (an index prefix)
+    and filtered here: a row-value IN list would not use the index."""
+    wanted = set(keys)
+    rows = recorder_for(conn).select_generation(table.name, generation, key_columns[0], {key[0] for key in wanted})
     found: dict = {}
-    columns = [table.c[name] for name in key_columns]
-    for start in range(0, len(keys), 400):
-        chunk = keys[start:start + 400]
-        condition = (columns[0].in_([k[0] for k in chunk]) if len(columns) == 1
-                     else tuple_(*columns).in_(chunk))
-        for row in conn.execute(select(table).where(table.c.generation == generation, condition)):
-            mapping = dict(row._mapping)
-            found[tuple(mapping[name] for name in key_columns)] = mapping
+    for row in rows:
+        key = tuple(row[name] for name in key_columns)
+        if key in wanted:
+            found[key] = row
     return found
 
 
@@ -162,9 +161,8 @@ class Lineage(Projection):
         edges: dict[tuple[str, str], dict] = {}
         voided = {e.data["voided_event_id"] for e, _ in events if e.type == "event.voided"}
         if voided:
-            for row in conn.execute(select(pj_lineage).where(pj_lineage.c.generation == generation,
-                                                             pj_lineage.c.event_id.in_(list(voided)))):
-                edges[(row.parent, row.child)] = dict(row._mapping)
+            for row in recorder_for(conn).select_generation("pj_lineage", generation, "event_id", voided):
+                edges[(row["parent"], row["child"])] = row
         for event, _ in events:
             data = event.data
             if event.type == "batch.split":

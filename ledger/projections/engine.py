@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ledger.db import reader, writer
@@ -29,7 +29,7 @@ from ledger.events import Clock, RecordedEvent, format_time, utc_now
 from ledger.schema import log_head, projection_state
 from ledger.store import EventStore
 
-BATCH_SIZE = 2000
+BATCH_SIZE = 5000
 
 
 class Projection:
@@ -46,8 +46,7 @@ class Projection:
 
 @dataclass(frozen=True)
 class Progress:
-    name: str
-    generation: int
+    names: str
     position: int
     head: int
     applied: int
@@ -67,34 +66,40 @@ class ProjectionEngine:
     # --- catching up ---------------------------------------------------------------------
 
     def catch_up(self, names: Iterable[str] | None = None) -> int:
-        """Bring the serving generations up to the head; returns the events applied."""
+        """Bring the serving generations up to the head; returns the events read."""
+        targets = [(name, self._serving_or_new(name)) for name in (names or self.projections)]
         applied = 0
-        for name in names or self.projections:
-            generation = self._serving_or_new(name)
-            while True:
-                step = self._step(name, generation)
-                applied += step.applied
-                if step.applied == 0:
-                    break
+        while (step := self._step(targets)).applied:
+            applied += step.applied
         return applied
 
-    def _step(self, name: str, generation: int, until: int | None = None) -> Progress:
-        """Apply the next batch of events to one generation, with its checkpoint, atomically."""
-        projection = self.projections[name]
+    def _step(self, targets: list[tuple[str, int]]) -> Progress:
+        """Apply the next batch of events to each (projection, generation), each with its
+        checkpoint, in one transaction; the batch is read once for all of them."""
         with self._writer.begin() as conn:
-            position = conn.execute(
-                select(projection_state.c.position)
-                .where(projection_state.c.name == name, projection_state.c.generation == generation)
-                .with_for_update()).scalar_one()
+            rows = conn.execute(select(projection_state.c.name, projection_state.c.generation,
+                                       projection_state.c.position)
+                                .where(or_(*(and_(projection_state.c.name == name,
+                                                  projection_state.c.generation == generation)
+                                             for name, generation in targets)))
+                                .with_for_update()).all()
+            positions = {(row.name, row.generation): row.position for row in rows}
+            start = min(positions.values())
             head = conn.execute(select(log_head.c.last_position)).scalar_one()
-            batch = self.store.effects_after(conn, position, self.batch_size, until)
+            batch = self.store.effects_after(conn, start, self.batch_size)
             if batch:
-                projection.apply(conn, generation, batch)
-                position = batch[-1][0].position
-                conn.execute(update(projection_state)
-                             .where(projection_state.c.name == name, projection_state.c.generation == generation)
-                             .values(position=position, updated_at=format_time(self.clock())))
-        return Progress(name, generation, position, head, len(batch))
+                last = batch[-1][0].position
+                now = format_time(self.clock())
+                for (name, generation), position in positions.items():
+                    unseen = [item for item in batch if item[0].position > position]
+                    if not unseen:
+                        continue
+                    self.projections[name].apply(conn, generation, unseen)
+                    conn.execute(update(projection_state)
+                                 .where(projection_state.c.name == name, projection_state.c.generation == generation)
+                                 .values(position=last, updated_at=now))
+        position = batch[-1][0].position if batch else start
+        return Progress(",".join(name for name, _ in targets), position, head, len(batch))
 
     def _serving_or_new(self, name: str) -> int:
         """The serving generation; a projection never built starts serving at position 0,
@@ -104,28 +109,33 @@ class ProjectionEngine:
         if row is None:
             return self._create(name, "serving")
         if row.version != projection.version:
-            return self.rebuild(name)
+            return self.rebuild([name])[name]
         return row.generation
 
     # --- rebuilding ----------------------------------------------------------------------
 
-    def rebuild(self, name: str, on_progress: Callable[[Progress], None] | None = None) -> int:
-        """Build a new generation beside the serving one and switch to it once caught up.
+    def rebuild(self, names: Iterable[str] | None = None,
+                on_progress: Callable[[Progress], None] | None = None) -> dict[str, int]:
+        """Build a new generation of each projection beside the serving one, reading the log
+        once for all of them, and switch each over once caught up.
 
-        A rebuild interrupted at any point resumes from its own checkpoint when called again.
-        Returns the new serving generation.
+        A rebuild interrupted at any point resumes from its own checkpoints when called again.
+        Returns the new serving generation of each projection.
         """
-        building = self._state(name, "building")
-        generation = building.generation if building is not None and \
-            building.version == self.projections[name].version else self._create(name, "building")
+        targets = []
+        for name in names or self.projections:
+            building = self._state(name, "building")
+            resumable = building is not None and building.version == self.projections[name].version
+            targets.append((name, building.generation if resumable else self._create(name, "building")))
         while True:
-            step = self._step(name, generation)
+            step = self._step(targets)
             if on_progress:
                 on_progress(step)
             if step.applied == 0:
                 break
-        self._switch(name, generation)
-        return generation
+        for name, generation in targets:
+            self._switch(name, generation)
+        return dict(targets)
 
     def _switch(self, name: str, generation: int) -> None:
         """Serve the new generation: under the serving row's lock, apply what arrived since
