@@ -167,3 +167,35 @@ class LineageView(Schema):
     nodes = fields.List(fields.Nested(LineageNode), required=True)
     edges = fields.List(fields.Nested(LineageEdge), required=True)
     as_of_position = fields.Integer(required=True)
+
+
+class UpstreamBatch(Schema):
+    batch_id = fields.String(required=True)
+    kind = fields.String(required=True)
+    material = fields.String(allow_none=True)
+    origin_country = fields.String(allow_none=True)
+    mass_kg = fields.String(required=True)
+    share = fields.String(required=True, metadata={"description": "the share of this batch's material in the batch"})
+    origin = fields.Boolean(required=True, metadata={"description": "a registered (origin) batch"})
+
+
+class CustodyPeriod(Schema):
+    batch_id = fields.String(required=True)
+    party = fields.String(required=True)
+    country = fields.String(allow_none=True)
+    from_ = fields.String(allow_none=True, attribute="from", data_key="from")
+    to = fields.String(allow_none=True)
+    shipment_ref = fields.String()
+    shipped_at = fields.String()
+    event_ids = fields.List(fields.String(), required=True)
+
+
+class Provenance(Schema):
+    batch_id = fields.String(required=True)
+    controlled_fraction = fields.String(required=True)
+    controlled = fields.Boolean(required=True)
+    upstream = fields.List(fields.Nested(UpstreamBatch), required=True)
+    edges = fields.List(fields.Nested(LineageEdge), required=True)
+    custody_chain = fields.List(fields.Nested(CustodyPeriod), required=True)
+    governing_declarations = fields.List(fields.Dict(), required=True)
+    as_of_position = fields.Integer(required=True)

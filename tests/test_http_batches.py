@@ -69,3 +69,18 @@ def test_lineage_and_the_stream(live_server, keys):
     assert {n["batch_id"] for n in down["nodes"]} == {magnet, child}
     stream = live_server.request("GET", f"/v1/batches/{magnet}/events", keys["maker"]).json()
     assert [e["type"] for e in stream["items"]] == ["batch.registered", "batch.split"]
+
+
+def test_provenance_over_http(live_server, keys):
+    magnet, motor = unique(), unique("M")
+    live_server.request("POST", "/v1/events", keys["maker"], json={"events": [
+        registered(magnet, "10"), declared(magnet),
+        event("batch.transformed", motor, {"inputs": [{"batch_id": magnet, "mass_kg": "5"}], "product": "motor",
+                                           "mass_kg": "50"})]})
+    answer = live_server.request("GET", f"/v1/batches/{motor}/provenance", keys["maker"])
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["controlled_fraction"] == "0.1" and len(body["governing_declarations"]) == 1
+    assert int(answer.headers["X-Ledger-Position"]) == body["as_of_position"]
+    assert all("from" in period for period in body["custody_chain"])
+    assert_problem(live_server.request("GET", f"/v1/batches/{motor}/provenance", keys["stranger"]), 404)

@@ -142,3 +142,28 @@ def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path,
     ledger.projections.rebuild()
     assert {name: ledger.projections.digest(name) for name in ledger.projections.projections} == incremental
     ledger.close()
+
+
+def test_provenance_shares_custody_chain_and_governing_declarations(ledger):
+    from decimal import Decimal
+
+    cast = parties(ledger)
+    ids = story(ledger, cast)
+    # A vehicle in which the motor is a tiny fraction: below de minimis, nothing governs it.
+    vehicle = unique("CAR")
+    post(ledger, cast["motors"], event("batch.transformed", vehicle, {
+        "inputs": [{"batch_id": ids["motor"], "mass_kg": "1"}], "product": "vehicle", "mass_kg": "1500"}))
+    ledger.projections.catch_up()
+    motor = ledger.views.provenance(ids["motor"], Decimal("0.001"))
+    shares = {node["batch_id"]: node["share"] for node in motor["upstream"]}
+    assert shares == {ids["motor"]: "1", ids["half"]: "0.02", ids["magnet"]: "0.02"}
+    assert motor["controlled_fraction"] == "0.02" and motor["controlled"] is True
+    assert [d["event_id"] for d in motor["governing_declarations"]] == [ids["declaration"]]
+    chain = [(p["batch_id"], p["party"], p["country"]) for p in motor["custody_chain"]]
+    assert (ids["magnet"], "baotou-magnets", "CN") in chain and (ids["half"], "pune-motors", "IN") in chain
+    receipt = next(p for p in motor["custody_chain"] if p["batch_id"] == ids["half"] and p["party"] == "pune-motors")
+    assert len(receipt["event_ids"]) == 2 and receipt["from"] is not None
+    car = ledger.views.provenance(vehicle, Decimal("0.001"))
+    # 0.02 of the motor is magnet, and the motor is 1/1500 of the vehicle: about 0.0000133.
+    assert Decimal(car["controlled_fraction"]) < Decimal("0.001") and car["controlled"] is False
+    assert car["governing_declarations"] == []

@@ -2,7 +2,16 @@ from flask import current_app
 from flask_smorest import Blueprint
 
 from api.auth import current_party, requires
-from api.schemas import BatchArgs, BatchListArgs, BatchPage, BatchState, EventPage, LineageArgs, LineageView
+from api.schemas import (
+    BatchArgs,
+    BatchListArgs,
+    BatchPage,
+    BatchState,
+    EventPage,
+    LineageArgs,
+    LineageView,
+    Provenance,
+)
 from ledger.errors import Forbidden, NotFound, Unavailable
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches, from the projections")
@@ -69,6 +78,21 @@ def batch_events(args, batch_id):
         raise NotFound(f"Batch {batch_id!r} not found.")
     position = _ledger().store.last_position()
     return {"items": [e.envelope() for e in events], "next": None}, 200, {"X-Ledger-Position": str(position)}
+
+
+@blp.route("/<batch_id>/provenance", methods=["GET"])
+@requires()
+@blp.arguments(BatchArgs, location="query")
+@blp.response(200, Provenance)
+def provenance(args, batch_id):
+    """Upstream lineage to the origin batches with shares and controlled fraction, the
+    custody chain, and the declarations that govern the batch."""
+    _visible(batch_id)
+    _wait(args["min_position"])
+    view = _ledger().views.provenance(batch_id, _ledger().settings.de_minimis)
+    if view is None:
+        raise NotFound(f"Batch {batch_id!r} not found.")
+    return _answer(view)
 
 
 @blp.route("/<batch_id>/lineage", methods=["GET"])

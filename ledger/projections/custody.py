@@ -93,7 +93,8 @@ class BatchState(Projection):
         def new(batch_id, kind, material, origin_country, registrant, mass):
             batches.setdefault(batch_id, {
                 "generation": generation, "batch_id": batch_id, "kind": kind, "material": material,
-                "origin_country": origin_country, "registrant": registrant, "initial_mass_mg": mass,
+                "origin_country": origin_country, "registrant": registrant, "created_by": event.actor,
+                "created_at": event.occurred_at, "created_event_id": event.event_id, "initial_mass_mg": mass,
                 "current_mass_mg": 0, "created_position": event.position, "updated_position": event.position})
 
         data = event.data

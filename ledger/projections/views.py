@@ -16,7 +16,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, and_, select
 
 from ledger.events import mg_to_mass
-from ledger.schema import pj_batches, pj_declarations, pj_holdings, pj_lineage, pj_shipments, projection_state
+from ledger.schema import parties, pj_batches, pj_declarations, pj_holdings, pj_lineage, pj_shipments, projection_state
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,108 @@ class Views:
             }
 
 
+    # --- provenance ----------------------------------------------------------------------
+
+    def provenance(self, batch_id: str, de_minimis: Decimal, depth: int = 50) -> dict | None:
+        """Where a batch came from (SPEC 4): its upstream lineage to the origin batches with
+        each ancestor's share in it, the custody chain of it and its ancestors, and the
+        declarations that govern it (its own, and those of ancestors whose share is at least
+        the de minimis threshold)."""
+        with self.snapshot() as snap:
+            lineage_gen, batch_gen = snap.generation("lineage"), snap.generation("batch_state")
+            if snap.conn.execute(select(pj_batches.c.batch_id).where(
+                    pj_batches.c.generation == batch_gen, pj_batches.c.batch_id == batch_id)).first() is None:
+                return None
+            edges, frontier, seen = [], [batch_id], {batch_id}
+            for _ in range(depth):
+                if not frontier:
+                    break
+                rows = snap.conn.execute(select(pj_lineage).where(
+                    pj_lineage.c.generation == lineage_gen, pj_lineage.c.child.in_(frontier),
+                    pj_lineage.c.voided.is_(False))).all()
+                edges.extend(rows)
+                frontier = [r.parent for r in rows if r.parent not in seen]
+                seen.update(frontier)
+            shares = upstream_shares(batch_id, [(e.parent, e.child, e.mass_mg, e.child_mass_mg) for e in edges])
+            batches = {r.batch_id: r for r in snap.conn.execute(select(pj_batches).where(
+                pj_batches.c.generation == batch_gen, pj_batches.c.batch_id.in_(list(seen))))}
+            shipments = snap.conn.execute(select(pj_shipments).where(
+                pj_shipments.c.generation == snap.generation("shipments"), pj_shipments.c.batch_id.in_(list(seen)),
+                pj_shipments.c.status != "voided")).all()
+            declarations = snap.conn.execute(select(pj_declarations).where(
+                pj_declarations.c.generation == batch_gen, pj_declarations.c.batch_id.in_(list(seen)),
+                pj_declarations.c.voided_by.is_(None)).order_by(pj_declarations.c.position)).all()
+            countries = dict(snap.conn.execute(select(parties.c.party_id, parties.c.country)).all())
+            controlled = sum((shares[b] for b, row in batches.items() if row.kind == "registered"), Decimal(0))
+            return {
+                "batch_id": batch_id,
+                "controlled_fraction": _decimal(controlled),
+                "controlled": controlled >= de_minimis,
+                "upstream": sorted(({
+                    "batch_id": b, "kind": row.kind, "material": row.material, "origin_country": row.origin_country,
+                    "mass_kg": mg_to_mass(row.initial_mass_mg), "share": _decimal(shares[b]),
+                    "origin": row.kind == "registered"} for b, row in batches.items()),
+                    key=lambda node: (node["batch_id"] != batch_id, node["batch_id"])),
+                "edges": sorted((_edge(e) for e in edges), key=lambda e: (e["parent"], e["child"])),
+                "custody_chain": custody_chain(batches.values(), shipments, countries),
+                "governing_declarations": [
+                    {"event_id": d.event_id, "batch_id": d.batch_id, "position": d.position,
+                     "share": _decimal(shares[d.batch_id]), **json.loads(d.data)}
+                    for d in declarations if d.batch_id == batch_id or shares[d.batch_id] >= de_minimis],
+                "as_of_position": snap.as_of_position,
+            }
+
+
+def upstream_shares(batch_id: str, edges: list[tuple[str, str, int, int]]) -> dict[str, Decimal]:
+    """The share of each ancestor in `batch_id` (SPEC 2): over every lineage path from the
+    ancestor down to the batch, the product of the edge fractions, summed."""
+    into: dict[str, list[tuple[str, Decimal]]] = {}
+    for parent, child, mass, child_mass in edges:
+        fraction = Decimal(mass) / Decimal(child_mass) if child_mass else Decimal(0)
+        into.setdefault(parent, []).append((child, fraction))
+    shares: dict[str, Decimal] = {batch_id: Decimal(1)}
+
+    def share(node: str) -> Decimal:
+        if node not in shares:
+            shares[node] = sum((fraction * share(child) for child, fraction in into.get(node, ())), Decimal(0))
+        return shares[node]
+
+    for parent in into:
+        share(parent)
+    return shares
+
+
+def custody_chain(batches, shipments, countries: dict[str, str]) -> list[dict]:
+    """Who had each batch, in which country, from when to when (until that party shipped
+    it on), and the events that say so."""
+    by_batch: dict[str, list] = {}
+    for shipment in shipments:
+        by_batch.setdefault(shipment.batch_id, []).append(shipment)
+    periods: list[dict] = []
+    for batch in batches:
+        outgoing = sorted(by_batch.get(batch.batch_id, ()), key=lambda s: (s.shipped_at, s.shipment_ref))
+
+        def until(party: str, since: str | None, outgoing=outgoing) -> str | None:
+            return next((s.shipped_at for s in outgoing if s.from_party == party and since and s.shipped_at >= since),
+                        None)
+
+        country = batch.origin_country if batch.kind == "registered" else countries.get(batch.created_by)
+        periods.append({"batch_id": batch.batch_id, "party": batch.created_by, "country": country,
+                         "from": batch.created_at, "to": until(batch.created_by, batch.created_at),
+                         "event_ids": [batch.created_event_id]})
+        for shipment in outgoing:
+            holder = shipment.received_by or shipment.to_party
+            periods.append({"batch_id": batch.batch_id, "party": holder, "country": shipment.destination_country,
+                            "from": shipment.received_at, "to": until(holder, shipment.received_at),
+                            "shipment_ref": shipment.shipment_ref, "shipped_at": shipment.shipped_at,
+                            "event_ids": [e for e in (shipment.shipped_event_id, shipment.received_event_id) if e]})
+    return sorted(periods, key=lambda p: (p["batch_id"], p["from"] or p.get("shipped_at") or ""))
+
+
+def _decimal(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value else "0"
+
+
 def _shipment(row) -> dict:
     return {"shipment_ref": row.shipment_ref, "from_party": row.from_party, "to_party": row.to_party,
             "destination_country": row.destination_country, "mass_kg": mg_to_mass(row.mass_mg),
@@ -149,4 +251,4 @@ def _edge(row) -> dict:
     as an exact decimal string (1 for a split child)."""
     fraction = Decimal(row.mass_mg) / Decimal(row.child_mass_mg) if row.child_mass_mg else Decimal(0)
     return {"parent": row.parent, "child": row.child, "mass_kg": mg_to_mass(row.mass_mg),
-            "fraction": format(fraction.normalize(), "f"), "event_id": row.event_id}
+            "fraction": _decimal(fraction), "event_id": row.event_id}
