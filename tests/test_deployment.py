@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_defines_the_stack_and_every_command_answers_help():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "api", "worker"} <= set(services)
-    for name in ("api", "worker"):
+    assert {"postgres", "redis", "api", "worker", "scheduler"} <= set(services)
+    for name in ("api", "worker", "scheduler"):
         command = services[name]["command"]
         assert command[0] == "magledger"
         assert services[name]["environment"]["DATABASE_URL"].startswith("postgresql://")
