@@ -140,7 +140,7 @@ class Views:
 
     # --- provenance ----------------------------------------------------------------------
 
-    def provenance(self, batch_id: str, de_minimis: Decimal, depth: int = 50) -> dict | None:
+    def provenance(self, batch_id: str, de_minimis: Decimal) -> dict | None:
         """Where a batch came from (SPEC 4): its upstream lineage to the origin batches with
         each ancestor's share in it, the custody chain of it and its ancestors, and the
         declarations that govern it (its own, and those of ancestors whose share is at least
@@ -150,16 +150,12 @@ class Views:
             if snap.conn.execute(select(pj_batches.c.batch_id).where(
                     pj_batches.c.generation == batch_gen, pj_batches.c.batch_id == batch_id)).first() is None:
                 return None
-            edges, frontier, seen = [], [batch_id], {batch_id}
-            for _ in range(depth):
-                if not frontier:
-                    break
-                rows = snap.conn.execute(select(pj_lineage).where(
-                    pj_lineage.c.generation == lineage_gen, pj_lineage.c.child.in_(frontier),
-                    pj_lineage.c.voided.is_(False))).all()
-                edges.extend(rows)
-                frontier = [r.parent for r in rows if r.parent not in seen]
-                seen.update(frontier)
+            live = and_(pj_lineage.c.generation == lineage_gen, pj_lineage.c.voided.is_(False))
+            upstream = select(pj_lineage).where(live, pj_lineage.c.child == batch_id).cte("upstream", recursive=True)
+            upstream = upstream.union(select(pj_lineage).join(upstream, pj_lineage.c.child == upstream.c.parent)
+                                      .where(live))
+            edges = snap.conn.execute(select(upstream)).all()
+            seen = {batch_id, *(e.parent for e in edges)}
             shares = upstream_shares(batch_id, [(e.parent, e.child, e.mass_mg, e.child_mass_mg) for e in edges])
             batches = {r.batch_id: r for r in snap.conn.execute(select(pj_batches).where(
                 pj_batches.c.generation == batch_gen, pj_batches.c.batch_id.in_(list(seen))))}
