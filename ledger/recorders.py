@@ -109,6 +109,9 @@ class SqlRecorder:
         """A block whose statements the recorder may send together with the COMMIT."""
         return contextlib.nullcontext()
 
+    def prefer_index_lookups(self, session: bool = False) -> None:
+        """Keep key look-ups on their indexes even when the planner's statistics are stale."""
+
 
 class PostgresRecorder(SqlRecorder):
     def __init__(self, conn: Connection):
@@ -126,6 +129,15 @@ class PostgresRecorder(SqlRecorder):
     def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
         with self.pipelined():
             return self._queue_select(lookups)()
+
+    def prefer_index_lookups(self, session: bool = False) -> None:
+        """Every statement of the append and catch-up paths is a look-up by key. Without
+        statistics (a new or fast-growing table before autovacuum has analyzed it, or a server
+        with autovacuum off) PostgreSQL may plan a sequential scan for `= ANY(...)`; measured
+        here, that made look-ups 60 times slower on a million-event log."""
+        scope = "SESSION" if session else "LOCAL"
+        with _translated(), self.raw.cursor() as cursor:
+            cursor.execute(f"SET {scope} enable_seqscan = off")
 
     def select_generation(self, table: str, generation: int, column: str, keys: Iterable) -> list[dict]:
         keys = list(keys)

@@ -142,7 +142,11 @@ class EventStore:
         """The leader's connections, kept between groups (only one leader runs at a time)."""
         key = "autocommit" if autocommit else "transaction"
         if key not in self._conns:
-            self._conns[key] = (self._autocommit if autocommit else self._writer).connect()
+            conn = (self._autocommit if autocommit else self._writer).connect()
+            recorder_for(conn).prefer_index_lookups(session=True)
+            if conn.in_transaction():
+                conn.commit()
+            self._conns[key] = conn
         return self._conns[key]
 
     def _drop_connection(self) -> None:

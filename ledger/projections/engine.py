@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger.db import reader, writer
 from ledger.events import Clock, RecordedEvent, format_time, utc_now
+from ledger.recorders import recorder_for
 from ledger.schema import log_head, projection_state
 from ledger.store import EventStore
 
@@ -77,6 +78,7 @@ class ProjectionEngine:
         """Apply the next batch of events to each (projection, generation), each with its
         checkpoint, in one transaction; the batch is read once for all of them."""
         with self._writer.begin() as conn:
+            recorder_for(conn).prefer_index_lookups()
             rows = conn.execute(select(projection_state.c.name, projection_state.c.generation,
                                        projection_state.c.position)
                                 .where(or_(*(and_(projection_state.c.name == name,
