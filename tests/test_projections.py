@@ -3,6 +3,8 @@ same rows as catching up, and that readers never see a half-built generation."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,14 +34,16 @@ def test_batch_state_shows_masses_holdings_shipments_and_declarations(ledger):
     cast = parties(ledger)
     ids = story(ledger, cast)
     ledger.projections.catch_up()
-    magnet = ledger.views.batch(ids["magnet"])
+    magnet = ledger.views.batch(ids["magnet"], Decimal("0.001"))
     assert magnet["kind"] == "registered" and magnet["origin_country"] == "CN" and magnet["registrant"] == "baotou-magnets"
     assert magnet["initial_mass_kg"] == "1000" and magnet["mass_kg"] == "0" and magnet["status"] == "depleted"
     assert [d["licence_id"] for d in magnet["declarations"]] == ["LIC-1"]
-    half = ledger.views.batch(ids["half"])
+    half = ledger.views.batch(ids["half"], Decimal("0.001"))
     assert half["kind"] == "split" and half["material"] == "NdFeB N52"
+    assert [(d["batch_id"], d["share"]) for d in half["declarations"]] == [(ids["magnet"], "1")], \
+        "the magnets' declaration governs the split child"
     assert half["holdings"] == [{"party_id": "pune-motors", "mass_kg": "391.5"}] and half["mass_kg"] == "391.5"
-    motor = ledger.views.batch(ids["motor"])
+    motor = ledger.views.batch(ids["motor"], Decimal("0.001"))
     assert motor["kind"] == "transformed" and motor["origin_country"] == "IN" and motor["mass_kg"] == "400"
     assert motor["as_of_position"] == ledger.store.last_position()
 
@@ -50,7 +54,7 @@ def test_open_shipments_and_voids(ledger):
     declaration = declared(batch)
     post(ledger, cast["maker"], registered(batch, "10"), declaration, shipped(batch, ref, "mumbai-imports", "4"))
     ledger.projections.catch_up()
-    state = ledger.views.batch(batch)
+    state = ledger.views.batch(batch, Decimal("0.001"))
     assert [s["shipment_ref"] for s in state["open_shipments"]] == [ref]
     assert state["open_shipments"][0]["destination_country"] == "IN"
     post(ledger, cast["maker"], event("event.voided", batch, {"voided_event_id": declaration["event_id"],
@@ -58,12 +62,12 @@ def test_open_shipments_and_voids(ledger):
     receipt = received(batch, ref, "4")
     post(ledger, cast["importer"], receipt)
     ledger.projections.catch_up()
-    state = ledger.views.batch(batch)
+    state = ledger.views.batch(batch, Decimal("0.001"))
     assert state["declarations"] == [] and state["open_shipments"] == []
     post(ledger, cast["importer"], event("event.voided", batch, {"voided_event_id": receipt["event_id"],
                                                                 "reason": "did_not_occur"}))
     ledger.projections.catch_up()
-    state = ledger.views.batch(batch)
+    state = ledger.views.batch(batch, Decimal("0.001"))
     assert [s["shipment_ref"] for s in state["open_shipments"]] == [ref]
     assert state["holdings"] == [{"party_id": "baotou-magnets", "mass_kg": "6"}]
 
@@ -87,16 +91,16 @@ def test_rebuild_gives_the_same_rows_and_readers_keep_the_serving_generation(led
     ids = story(ledger, cast)
     ledger.projections.catch_up()
     digests = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
-    before = ledger.views.batch(ids["half"])
+    before = ledger.views.batch(ids["half"], Decimal("0.001"))
     # A rebuild that has applied only part of the log must not be visible to readers.
     engine = ledger.projections
     engine.batch_size = 2
     building = engine._create("batch_state", "building")
     engine._step([("batch_state", building)])
-    assert ledger.views.batch(ids["half"]) == before
+    assert ledger.views.batch(ids["half"], Decimal("0.001")) == before
     # Running the rebuild again resumes the interrupted generation, then switches over.
     assert engine.rebuild(["batch_state"]) == {"batch_state": building}
-    assert ledger.views.batch(ids["half"]) == before
+    assert ledger.views.batch(ids["half"], Decimal("0.001")) == before
     engine.rebuild()
     assert {name: engine.digest(name) for name in engine.projections} == digests
 
@@ -113,7 +117,7 @@ def test_a_changed_projection_version_is_rebuilt_before_it_serves(ledger):
     ledger.projections.projections["batch_state"] = NextBatchState()
     ledger.projections.catch_up(["batch_state"])
     assert ledger.projections.digest("batch_state") == digest
-    assert ledger.views.batch(ids["motor"])["mass_kg"] == "400"
+    assert ledger.views.batch(ids["motor"], Decimal("0.001"))["mass_kg"] == "400"
 
 
 @given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=12), st.data())
@@ -145,8 +149,6 @@ def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path,
 
 
 def test_provenance_shares_custody_chain_and_governing_declarations(ledger):
-    from decimal import Decimal
-
     cast = parties(ledger)
     ids = story(ledger, cast)
     # A vehicle in which the motor is a tiny fraction: below de minimis, nothing governs it.

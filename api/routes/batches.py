@@ -43,10 +43,11 @@ def _answer(body: dict):
 @blp.arguments(BatchArgs, location="query")
 @blp.response(200, BatchState)
 def get_batch(args, batch_id):
-    """A batch's state: material, masses, origin, holdings, open shipments, declarations."""
+    """A batch's state: material, masses, origin, holdings, open shipments, and the
+    declarations governing it (its own and those of ancestors above the de minimis share)."""
     _visible(batch_id)
     _wait(args["min_position"])
-    state = _ledger().views.batch(batch_id)
+    state = _ledger().views.batch(batch_id, _ledger().settings.de_minimis)
     if state is None:
         raise NotFound(f"Batch {batch_id!r} not found (the projections are at "
                        f"{_ledger().projections.position()}; retry with min_position if it is new).")

@@ -46,7 +46,7 @@ class Views:
 
     # --- batches -------------------------------------------------------------------------
 
-    def batch(self, batch_id: str) -> dict | None:
+    def batch(self, batch_id: str, de_minimis: Decimal) -> dict | None:
         """The state of one batch (SPEC 4), or None if the projections do not know it."""
         with self.snapshot() as snap:
             gen = snap.generation("batch_state")
@@ -63,11 +63,7 @@ class Views:
                 select(pj_shipments).where(pj_shipments.c.generation == snap.generation("shipments"),
                                            pj_shipments.c.batch_id == batch_id, pj_shipments.c.status == "open")
                 .order_by(pj_shipments.c.shipment_ref)).all()
-            declarations = snap.conn.execute(
-                select(pj_declarations).where(pj_declarations.c.generation == gen,
-                                              pj_declarations.c.batch_id == batch_id,
-                                              pj_declarations.c.voided_by.is_(None))
-                .order_by(pj_declarations.c.position)).all()
+            _, shares = self._upstream(snap, batch_id)
             return {
                 "batch_id": row.batch_id, "kind": row.kind, "material": row.material,
                 "origin_country": row.origin_country, "registrant": row.registrant,
@@ -75,8 +71,7 @@ class Views:
                 "status": "active" if row.current_mass_mg > 0 else "depleted",
                 "holdings": [{"party_id": h.party_id, "mass_kg": mg_to_mass(h.mass_mg)} for h in holdings],
                 "open_shipments": [_shipment(s) for s in shipments],
-                "declarations": [{"event_id": d.event_id, "position": d.position, **json.loads(d.data)}
-                                 for d in declarations],
+                "declarations": self._governing(snap, batch_id, shares, de_minimis),
                 "as_of_position": snap.as_of_position,
             }
 
@@ -146,25 +141,17 @@ class Views:
         declarations that govern it (its own, and those of ancestors whose share is at least
         the de minimis threshold)."""
         with self.snapshot() as snap:
-            lineage_gen, batch_gen = snap.generation("lineage"), snap.generation("batch_state")
+            batch_gen = snap.generation("batch_state")
             if snap.conn.execute(select(pj_batches.c.batch_id).where(
                     pj_batches.c.generation == batch_gen, pj_batches.c.batch_id == batch_id)).first() is None:
                 return None
-            live = and_(pj_lineage.c.generation == lineage_gen, pj_lineage.c.voided.is_(False))
-            upstream = select(pj_lineage).where(live, pj_lineage.c.child == batch_id).cte("upstream", recursive=True)
-            upstream = upstream.union(select(pj_lineage).join(upstream, pj_lineage.c.child == upstream.c.parent)
-                                      .where(live))
-            edges = snap.conn.execute(select(upstream)).all()
-            seen = {batch_id, *(e.parent for e in edges)}
-            shares = upstream_shares(batch_id, [(e.parent, e.child, e.mass_mg, e.child_mass_mg) for e in edges])
+            edges, shares = self._upstream(snap, batch_id)
+            seen = set(shares)
             batches = {r.batch_id: r for r in snap.conn.execute(select(pj_batches).where(
                 pj_batches.c.generation == batch_gen, pj_batches.c.batch_id.in_(list(seen))))}
             shipments = snap.conn.execute(select(pj_shipments).where(
                 pj_shipments.c.generation == snap.generation("shipments"), pj_shipments.c.batch_id.in_(list(seen)),
                 pj_shipments.c.status != "voided")).all()
-            declarations = snap.conn.execute(select(pj_declarations).where(
-                pj_declarations.c.generation == batch_gen, pj_declarations.c.batch_id.in_(list(seen)),
-                pj_declarations.c.voided_by.is_(None)).order_by(pj_declarations.c.position)).all()
             countries = dict(snap.conn.execute(select(parties.c.party_id, parties.c.country)).all())
             controlled = sum((shares[b] for b, row in batches.items() if row.kind == "registered"), Decimal(0))
             return {
@@ -178,12 +165,33 @@ class Views:
                     key=lambda node: (node["batch_id"] != batch_id, node["batch_id"])),
                 "edges": sorted((_edge(e) for e in edges), key=lambda e: (e["parent"], e["child"])),
                 "custody_chain": custody_chain(batches.values(), shipments, countries),
-                "governing_declarations": [
-                    {"event_id": d.event_id, "batch_id": d.batch_id, "position": d.position,
-                     "share": _decimal(shares[d.batch_id]), **json.loads(d.data)}
-                    for d in declarations if d.batch_id == batch_id or shares[d.batch_id] >= de_minimis],
+                "governing_declarations": self._governing(snap, batch_id, shares, de_minimis),
                 "as_of_position": snap.as_of_position,
             }
+
+
+    @staticmethod
+    def _upstream(snap: Snapshot, batch_id: str) -> tuple[list, dict[str, Decimal]]:
+        """Every live lineage edge upstream of a batch (one recursive query), and the share
+        of each ancestor in it; the batch itself has share 1."""
+        live = and_(pj_lineage.c.generation == snap.generation("lineage"), pj_lineage.c.voided.is_(False))
+        upstream = select(pj_lineage).where(live, pj_lineage.c.child == batch_id).cte("upstream", recursive=True)
+        upstream = upstream.union(select(pj_lineage).join(upstream, pj_lineage.c.child == upstream.c.parent)
+                                  .where(live))
+        edges = snap.conn.execute(select(upstream)).all()
+        return edges, upstream_shares(batch_id, [(e.parent, e.child, e.mass_mg, e.child_mass_mg) for e in edges])
+
+    @staticmethod
+    def _governing(snap: Snapshot, batch_id: str, shares: dict[str, Decimal], de_minimis: Decimal) -> list[dict]:
+        """Declarations that govern a batch (SPEC 2): its own, and those of every ancestor
+        whose share in it is at least the de minimis threshold; voided ones do not."""
+        rows = snap.conn.execute(select(pj_declarations).where(
+            pj_declarations.c.generation == snap.generation("batch_state"),
+            pj_declarations.c.batch_id.in_(list(shares)), pj_declarations.c.voided_by.is_(None))
+            .order_by(pj_declarations.c.position)).all()
+        return [{"event_id": d.event_id, "batch_id": d.batch_id, "position": d.position,
+                 "share": _decimal(shares[d.batch_id]), **json.loads(d.data)}
+                for d in rows if d.batch_id == batch_id or shares[d.batch_id] >= de_minimis]
 
 
 def upstream_shares(batch_id: str, edges: list[tuple[str, str, int, int]]) -> dict[str, Decimal]:
