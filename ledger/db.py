@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
@@ -50,10 +50,6 @@ def reader(engine: Engine) -> Engine:
     return engine
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", "ledger:migrations")
@@ -64,7 +60,3 @@ def alembic_config(engine: Engine) -> Config:
 def upgrade(engine: Engine) -> None:
     """Apply every pending migration (idempotent)."""
     command.upgrade(alembic_config(engine), "head")
-
-
-def is_current(engine: Engine) -> bool:
-    return "events" in inspect(engine).get_table_names()

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -488,11 +488,6 @@ def _flatten(messages: Any, prefix: str, out: dict[str, list[str]]) -> None:
 
 def _plain(message: str) -> str:
     return "is not allowed here" if message == "Unknown field." else message
-
-
-def iter_portions(data: dict, key: str) -> Iterable[tuple[str, str]]:
-    for portion in data.get(key, ()):
-        yield portion["batch_id"], portion["mass_kg"]
 
 
 Clock = Callable[[], datetime]
