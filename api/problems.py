@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from ledger.errors import LedgerError
@@ -44,6 +45,15 @@ def install(app: Flask) -> None:
         if error.code == 413:
             detail = "The request body is larger than the limit."
         return problem(error.code or 500, error.name, detail, errors)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_unavailable(error: DBAPIError):
+        # The database is down, restarting or refusing connections: nothing was written
+        # (a post's transaction did not commit), and the client may retry.
+        log.warning("database unavailable: %s", error.orig)
+        return problem(503, "Service Unavailable", "The database is not reachable; nothing was written. Retry later.",
+                       headers={"Retry-After": "1"})
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
