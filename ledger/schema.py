@@ -194,3 +194,23 @@ pj_lineage = Table(
     Column("voided", Boolean, nullable=False),
     Index("ix_pj_lineage_child", "generation", "child"),
 )
+
+pj_shares = Table(
+    "pj_shares", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("batch_id", String(128), primary_key=True),
+    Column("ancestor", String(128), primary_key=True),
+    Column("share", String(64), nullable=False),
+)
+
+pj_share_edges = Table(
+    "pj_share_edges", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("child", String(128), primary_key=True),
+    Column("parent", String(128), primary_key=True),
+    Column("fraction", String(64), nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("voided", Boolean, nullable=False),
+    Index("ix_pj_share_edges_parent", "generation", "parent"),
+    Index("ix_pj_share_edges_event", "generation", "event_id"),
+)

@@ -120,6 +120,32 @@ def test_a_changed_projection_version_is_rebuilt_before_it_serves(ledger):
     assert ledger.views.batch(ids["motor"], Decimal("0.001"))["mass_kg"] == "400"
 
 
+def test_a_voided_transformation_changes_the_shares_downstream(ledger):
+    cast = parties(ledger)
+    magnet, other, motor, vehicle = unique("MAG"), unique("OTH"), unique("MOT"), unique("CAR")
+    post(ledger, cast["maker"], registered(magnet, "10"), registered(other, "100"))
+    made = event("batch.transformed", motor, {"inputs": [{"batch_id": magnet, "mass_kg": "5"},
+                                                         {"batch_id": other, "mass_kg": "45"}],
+                                              "product": "motor", "mass_kg": "50"})
+    post(ledger, cast["maker"], made)
+    post(ledger, cast["maker"], event("batch.transformed", vehicle, {
+        "inputs": [{"batch_id": motor, "mass_kg": "50"}], "product": "vehicle", "mass_kg": "500"}))
+    ledger.projections.catch_up()
+
+    def shares(batch_id):
+        return {n["batch_id"]: n["share"] for n in ledger.views.provenance(batch_id, Decimal("0.001"))["upstream"]}
+
+    assert shares(vehicle) == {vehicle: "1", motor: "0.1", magnet: "0.01", other: "0.09"}
+    post(ledger, cast["maker"], event("event.voided", motor, {"voided_event_id": made["event_id"],
+                                                             "reason": "incorrect_data"}))
+    ledger.projections.catch_up()
+    assert shares(motor) == {motor: "1"}
+    assert shares(vehicle) == {vehicle: "1", motor: "0.1"}, "the vehicle no longer carries the magnets"
+    digests = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+    ledger.projections.rebuild()
+    assert {name: ledger.projections.digest(name) for name in ledger.projections.projections} == digests
+
+
 @given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=12), st.data())
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path, steps, data):
@@ -127,9 +153,17 @@ def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path,
     cast = parties(ledger)
     for size in steps:
         for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
-            kind = data.draw(st.sampled_from(["story", "ship", "void-declaration"]))
+            kind = data.draw(st.sampled_from(["story", "ship", "void-declaration", "void-transformation"]))
             if kind == "story":
                 story(ledger, cast)
+            elif kind == "void-transformation":
+                ids = story(ledger, cast)
+                made = ledger.store.stream(ids["motor"])[0]
+                car = unique("CAR")
+                post(ledger, cast["motors"], event("batch.transformed", car, {
+                    "inputs": [{"batch_id": ids["motor"], "mass_kg": "40"}], "product": "car", "mass_kg": "800"}))
+                post(ledger, cast["motors"], event("event.voided", ids["motor"], {
+                    "voided_event_id": made.event_id, "reason": "did_not_occur"}))
             elif kind == "ship":
                 batch = unique()
                 post(ledger, cast["maker"], registered(batch, "5"), shipped(batch, unique("S"), "pune-motors", "2"))

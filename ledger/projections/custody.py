@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from decimal import Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, select
 
 from ledger.events import RecordedEvent, mass_to_mg
 from ledger.projections.engine import Projection
 from ledger.recorders import Write, recorder_for
-from ledger.schema import parties, pj_batches, pj_declarations, pj_holdings, pj_lineage, pj_shipments
+from ledger.schema import (
+    parties,
+    pj_batches,
+    pj_declarations,
+    pj_holdings,
+    pj_lineage,
+    pj_share_edges,
+    pj_shares,
+    pj_shipments,
+)
 
 
 def _countries(conn: Connection, party_ids: Iterable[str]) -> dict[str, str]:
@@ -189,4 +199,116 @@ class Lineage(Projection):
                 "child_mass_mg": child_mass, "event_id": event.event_id, "position": event.position, "voided": False}
 
 
-ALL = (BatchState, Shipments, Lineage)
+class Shares(Projection):
+    """For every batch made by a split or transformation, the share of each of its ancestors
+    in it (SPEC 2): over every lineage path from the ancestor, the product of the edge
+    fractions, summed; exact decimals to 28 significant digits.
+
+    A child's shares are derived when it is made, from its parents' shares. A voided split
+    or transformation changes them for the child and every batch made from it since, so
+    those are derived again, parents first, from their remaining live edges. The projection
+    keeps its own copy of the edges so that it depends on no other projection's progress."""
+
+    name = "shares"
+    version = 1
+    tables = (pj_shares, pj_share_edges)
+
+    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+        state = _ShareState(conn, generation)
+        for event, _ in events:
+            data = event.data
+            if event.type == "batch.split":
+                for child in data["children"]:
+                    state.make(child["batch_id"], [(event.batch_id, Decimal(1), event.event_id)])
+            elif event.type == "batch.transformed":
+                output = Decimal(mass_to_mg(data["mass_kg"]))
+                state.make(event.batch_id, [(p["batch_id"], Decimal(mass_to_mg(p["mass_kg"])) / output, event.event_id)
+                                            for p in data["inputs"]])
+            elif event.type == "event.voided":
+                state.void(data["voided_event_id"])
+        state.write()
+
+
+class _ShareState:
+    """The shares and edges one batch of events touches, loaded on demand."""
+
+    def __init__(self, conn: Connection, generation: int):
+        self.conn, self.generation = conn, generation
+        self.recorder = recorder_for(conn)
+        self.shares: dict[str, dict[str, Decimal]] = {}
+        self.parents: dict[str, list[dict]] = {}
+        self.changed_shares: set[str] = set()
+        self.changed_edges: dict[tuple[str, str], dict] = {}
+
+    def _load_shares(self, batch_ids: Iterable[str]) -> None:
+        missing = [b for b in set(batch_ids) if b not in self.shares]
+        for batch_id in missing:
+            self.shares[batch_id] = {}
+        for row in self.recorder.select_generation("pj_shares", self.generation, "batch_id", missing):
+            self.shares[row["batch_id"]][row["ancestor"]] = Decimal(row["share"])
+
+    def _load_parents(self, batch_id: str) -> list[dict]:
+        if batch_id not in self.parents:
+            self.parents[batch_id] = self.recorder.select_generation("pj_share_edges", self.generation, "child",
+                                                                     [batch_id])
+        return self.parents[batch_id]
+
+    def make(self, child: str, parents: list[tuple[str, Decimal, str]]) -> None:
+        edges = [{"generation": self.generation, "child": child, "parent": parent, "fraction": str(fraction),
+                  "event_id": event_id, "voided": False} for parent, fraction, event_id in parents]
+        self.parents[child] = edges
+        for edge in edges:
+            self.changed_edges[(child, edge["parent"])] = edge
+        self._derive(child)
+
+    def _derive(self, child: str) -> None:
+        live = [e for e in self._load_parents(child) if not e["voided"]]
+        self._load_shares(e["parent"] for e in live)
+        result: dict[str, Decimal] = {}
+        for edge in live:
+            fraction = Decimal(edge["fraction"])
+            result[edge["parent"]] = result.get(edge["parent"], Decimal(0)) + fraction
+            for ancestor, share in self.shares[edge["parent"]].items():
+                result[ancestor] = result.get(ancestor, Decimal(0)) + fraction * share
+        self.shares[child] = result
+        self.changed_shares.add(child)
+
+    def void(self, event_id: str) -> None:
+        edges = [e for e in self.recorder.select_generation("pj_share_edges", self.generation, "event_id", [event_id])]
+        edges += [e for e in self.changed_edges.values() if e["event_id"] == event_id]
+        for edge in edges:
+            for known in self._load_parents(edge["child"]):
+                if known["event_id"] == event_id:
+                    known["voided"] = True
+                    self.changed_edges[(known["child"], known["parent"])] = known
+        for batch_id in self._descendants(sorted({e["child"] for e in edges})):
+            self._derive(batch_id)
+
+    def _descendants(self, roots: list[str]) -> list[str]:
+        """The roots and every batch made from them, each after all its parents among them."""
+        order: list[str] = []
+        frontier = list(roots)
+        while frontier:
+            order.extend(frontier)
+            rows = self.recorder.select_generation("pj_share_edges", self.generation, "parent", frontier)
+            rows += [e for e in self.changed_edges.values() if e["parent"] in frontier]
+            frontier = sorted({r["child"] for r in rows})
+        seen, result = set(), []
+        for batch_id in reversed(order):
+            if batch_id not in seen:
+                seen.add(batch_id)
+                result.append(batch_id)
+        return list(reversed(result))
+
+    def write(self) -> None:
+        if self.changed_shares:
+            self.conn.execute(delete(pj_shares).where(pj_shares.c.generation == self.generation,
+                                                      pj_shares.c.batch_id.in_(sorted(self.changed_shares))))
+        self.recorder.write([
+            Write("pj_shares", [{"generation": self.generation, "batch_id": b, "ancestor": a, "share": str(v)}
+                                for b in sorted(self.changed_shares) for a, v in sorted(self.shares[b].items())]),
+            Write("pj_share_edges", list(self.changed_edges.values()), ("generation", "child", "parent"), ("voided",)),
+        ])
+
+
+ALL = (BatchState, Shipments, Lineage, Shares)

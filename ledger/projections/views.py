@@ -16,7 +16,16 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, and_, select
 
 from ledger.events import mg_to_mass
-from ledger.schema import parties, pj_batches, pj_declarations, pj_holdings, pj_lineage, pj_shipments, projection_state
+from ledger.schema import (
+    parties,
+    pj_batches,
+    pj_declarations,
+    pj_holdings,
+    pj_lineage,
+    pj_shares,
+    pj_shipments,
+    projection_state,
+)
 
 
 @dataclass(frozen=True)
@@ -172,14 +181,15 @@ class Views:
 
     @staticmethod
     def _upstream(snap: Snapshot, batch_id: str) -> tuple[list, dict[str, Decimal]]:
-        """Every live lineage edge upstream of a batch (one recursive query), and the share
-        of each ancestor in it; the batch itself has share 1."""
-        live = and_(pj_lineage.c.generation == snap.generation("lineage"), pj_lineage.c.voided.is_(False))
-        upstream = select(pj_lineage).where(live, pj_lineage.c.child == batch_id).cte("upstream", recursive=True)
-        upstream = upstream.union(select(pj_lineage).join(upstream, pj_lineage.c.child == upstream.c.parent)
-                                  .where(live))
-        edges = snap.conn.execute(select(upstream)).all()
-        return edges, upstream_shares(batch_id, [(e.parent, e.child, e.mass_mg, e.child_mass_mg) for e in edges])
+        """The share of each ancestor in a batch, from the shares projection (the batch itself
+        has share 1), and the live lineage edges among them."""
+        shares = {batch_id: Decimal(1)}
+        shares.update({r.ancestor: Decimal(r.share) for r in snap.conn.execute(select(pj_shares).where(
+            pj_shares.c.generation == snap.generation("shares"), pj_shares.c.batch_id == batch_id))})
+        edges = snap.conn.execute(select(pj_lineage).where(
+            pj_lineage.c.generation == snap.generation("lineage"), pj_lineage.c.child.in_(list(shares)),
+            pj_lineage.c.voided.is_(False))).all()
+        return edges, shares
 
     @staticmethod
     def _governing(snap: Snapshot, batch_id: str, shares: dict[str, Decimal], de_minimis: Decimal) -> list[dict]:
@@ -192,25 +202,6 @@ class Views:
         return [{"event_id": d.event_id, "batch_id": d.batch_id, "position": d.position,
                  "share": _decimal(shares[d.batch_id]), **json.loads(d.data)}
                 for d in rows if d.batch_id == batch_id or shares[d.batch_id] >= de_minimis]
-
-
-def upstream_shares(batch_id: str, edges: list[tuple[str, str, int, int]]) -> dict[str, Decimal]:
-    """The share of each ancestor in `batch_id` (SPEC 2): over every lineage path from the
-    ancestor down to the batch, the product of the edge fractions, summed."""
-    into: dict[str, list[tuple[str, Decimal]]] = {}
-    for parent, child, mass, child_mass in edges:
-        fraction = Decimal(mass) / Decimal(child_mass) if child_mass else Decimal(0)
-        into.setdefault(parent, []).append((child, fraction))
-    shares: dict[str, Decimal] = {batch_id: Decimal(1)}
-
-    def share(node: str) -> Decimal:
-        if node not in shares:
-            shares[node] = sum((fraction * share(child) for child, fraction in into.get(node, ())), Decimal(0))
-        return shares[node]
-
-    for parent in into:
-        share(parent)
-    return shares
 
 
 def custody_chain(batches, shipments, countries: dict[str, str]) -> list[dict]:
