@@ -215,6 +215,8 @@ class Shares(Projection):
 
     def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
         state = _ShareState(conn, generation)
+        state.load_shares([e.batch_id for e, _ in events if e.type == "batch.split"]
+                          + [p["batch_id"] for e, _ in events if e.type == "batch.transformed" for p in e.data["inputs"]])
         for event, _ in events:
             data = event.data
             if event.type == "batch.split":
@@ -240,7 +242,7 @@ class _ShareState:
         self.changed_shares: set[str] = set()
         self.changed_edges: dict[tuple[str, str], dict] = {}
 
-    def _load_shares(self, batch_ids: Iterable[str]) -> None:
+    def load_shares(self, batch_ids: Iterable[str]) -> None:
         missing = [b for b in set(batch_ids) if b not in self.shares]
         for batch_id in missing:
             self.shares[batch_id] = {}
@@ -263,7 +265,7 @@ class _ShareState:
 
     def _derive(self, child: str) -> None:
         live = [e for e in self._load_parents(child) if not e["voided"]]
-        self._load_shares(e["parent"] for e in live)
+        self.load_shares(e["parent"] for e in live)
         result: dict[str, Decimal] = {}
         for edge in live:
             fraction = Decimal(edge["fraction"])

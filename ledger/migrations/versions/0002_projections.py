@@ -88,26 +88,8 @@ def upgrade() -> None:
         sa.Column("voided", sa.Boolean, nullable=False),
     )
     op.create_index("ix_pj_lineage_child", "pj_lineage", ["generation", "child"])
-    op.create_table(
-        "pj_shares",
-        sa.Column("generation", sa.Integer, primary_key=True),
-        sa.Column("batch_id", sa.String(128), primary_key=True),
-        sa.Column("ancestor", sa.String(128), primary_key=True),
-        sa.Column("share", sa.String(64), nullable=False),
-    )
-    op.create_table(
-        "pj_share_edges",
-        sa.Column("generation", sa.Integer, primary_key=True),
-        sa.Column("child", sa.String(128), primary_key=True),
-        sa.Column("parent", sa.String(128), primary_key=True),
-        sa.Column("fraction", sa.String(64), nullable=False),
-        sa.Column("event_id", sa.String(36), nullable=False),
-        sa.Column("voided", sa.Boolean, nullable=False),
-    )
-    op.create_index("ix_pj_share_edges_parent", "pj_share_edges", ["generation", "parent"])
-    op.create_index("ix_pj_share_edges_event", "pj_share_edges", ["generation", "event_id"])
 
 
 def downgrade() -> None:
-    for name in ("pj_share_edges", "pj_shares", "pj_lineage", "pj_shipments", "pj_declarations", "pj_holdings", "pj_batches", "projection_state"):
+    for name in ("pj_lineage", "pj_shipments", "pj_declarations", "pj_holdings", "pj_batches", "projection_state"):
         op.drop_table(name)
