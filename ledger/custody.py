@@ -550,8 +550,9 @@ def _received(event, actor, state, batch, effects):
     if shipment is None or shipment.status == "voided":
         raise Invalid(f"No shipment {data['shipment_ref']!r}.", {"data.shipment_ref": ["unknown shipment"]})
     if shipment.batch_id != event.batch_id:
-        raise Invalid(f"Shipment {shipment.shipment_ref!r} carries batch {shipment.batch_id!r}.",
-                      {"data.shipment_ref": [f"is a shipment of batch {shipment.batch_id}"]})
+        # Named without the other batch: the receiver may not be allowed to see it.
+        raise Invalid(f"Shipment {shipment.shipment_ref!r} does not carry batch {event.batch_id!r}.",
+                      {"data.shipment_ref": ["is not a shipment of this batch"]})
     if shipment.status != "open":
         raise Conflict(f"Shipment {shipment.shipment_ref!r} has already been received.",
                        {"data.shipment_ref": ["already received"]})

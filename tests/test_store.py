@@ -106,7 +106,9 @@ def test_422_for_unknown_parties_and_shipments_named_in_data(ledger, cast):
     assert list(error.errors) == ["data.permitted_end_users.1"]
     other = unique()
     post(ledger, cast["maker"], registered(other))
-    assert "data.shipment_ref" in rejected(ledger, Invalid, cast["importer"], received(other, "S-1", "10")).errors
+    wrong_batch = rejected(ledger, Invalid, cast["stranger"], received(other, "S-1", "10"))
+    assert "data.shipment_ref" in wrong_batch.errors
+    assert batch not in wrong_batch.detail + str(wrong_batch.errors), "the other batch's id must not leak"
 
 
 def test_409_conflicts(ledger, cast):
