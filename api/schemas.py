@@ -91,6 +91,12 @@ class BatchArgs(Schema):
     min_position = fields.Integer(load_default=None, validate=validate.Range(min=0))
 
 
+class StreamArgs(Schema):
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0),
+                           metadata={"description": "the last version already read"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
 class BatchListArgs(BatchArgs):
     holder = fields.String(load_default=None)
     country = fields.String(load_default=None)

@@ -37,7 +37,7 @@ from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
 from ledger.events import Clock, NewEvent, RecordedEvent, canonical_envelope, format_time, leaf_hash, utc_now
 from ledger.parties import Party
 from ledger.recorders import Write, WriteConflict, recorder_for
-from ledger.schema import batch_access, events, log_head
+from ledger.schema import batch_access, batches, events, log_head
 
 MAX_GROUP_EVENTS = 5000
 CONTENDED_GROUPS = 20
@@ -371,11 +371,15 @@ class EventStore:
             after = page[-1].position
 
     def can_see(self, party: Party, batch_id: str) -> bool:
-        if party.role != "partner":
-            return True
+        """Whether the batch exists and the party may read it (SPEC 1): an unknown batch and
+        an invisible one get the same answer."""
+        if party.role == "partner":
+            query = select(batch_access.c.batch_id).where(batch_access.c.party_id == party.party_id,
+                                                          batch_access.c.batch_id == batch_id)
+        else:
+            query = select(batches.c.batch_id).where(batches.c.batch_id == batch_id)
         with self._reads.connect() as conn:
-            return conn.execute(select(batch_access.c.batch_id).where(
-                batch_access.c.party_id == party.party_id, batch_access.c.batch_id == batch_id)).first() is not None
+            return conn.execute(query).first() is not None
 
     def count(self) -> int:
         with self._reads.connect() as conn:

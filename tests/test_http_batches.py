@@ -68,7 +68,13 @@ def test_lineage_and_the_stream(live_server, keys):
     down = live_server.request("GET", f"/v1/batches/{magnet}/lineage?direction=down&depth=1", keys["auditor"]).json()
     assert {n["batch_id"] for n in down["nodes"]} == {magnet, child}
     stream = live_server.request("GET", f"/v1/batches/{magnet}/events", keys["maker"]).json()
-    assert [e["type"] for e in stream["items"]] == ["batch.registered", "batch.split"]
+    assert [e["type"] for e in stream["items"]] == ["batch.registered", "batch.split"] and stream["next"] is None
+    first = live_server.request("GET", f"/v1/batches/{magnet}/events?limit=1", keys["maker"]).json()
+    rest = live_server.request("GET", f"/v1/batches/{magnet}/events?after={first['next']}", keys["maker"]).json()
+    assert [e["version"] for e in first["items"] + rest["items"]] == [1, 2]
+    # A split child exists before anything happens in its own stream.
+    child_stream = live_server.request("GET", f"/v1/batches/{child}/events", keys["maker"])
+    assert child_stream.status_code == 200 and child_stream.json()["items"] == []
 
 
 def test_provenance_over_http(live_server, keys):

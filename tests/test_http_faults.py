@@ -7,7 +7,6 @@ from tests.helpers import registered, unique
 
 
 def test_a_vanished_database_answers_503_and_liveness_stays_up(postgres_template, tmp_path):
-    admin, _ = postgres_template
     database_url, drop = fresh_postgres(postgres_template)
     server = start_server(database_url, tmp_path / "server.log")
     try:

@@ -11,6 +11,7 @@ from api.schemas import (
     LineageArgs,
     LineageView,
     Provenance,
+    StreamArgs,
 )
 from ledger.errors import Forbidden, NotFound, Unavailable
 
@@ -69,16 +70,17 @@ def list_batches(args):
 
 @blp.route("/<batch_id>/events", methods=["GET"])
 @requires()
-@blp.arguments(BatchArgs, location="query")
+@blp.arguments(StreamArgs, location="query")
 @blp.response(200, EventPage)
 def batch_events(args, batch_id):
-    """The batch's own stream, in version order."""
+    """The batch's own stream in version order, paged by version (`after`, `next`). A batch
+    made by a split has an empty stream until something happens to it."""
     _visible(batch_id)
-    events = _ledger().store.stream(batch_id)
-    if not events:
-        raise NotFound(f"Batch {batch_id!r} not found.")
+    events = _ledger().store.stream(batch_id, after_version=args["after"], limit=args["limit"])
     position = _ledger().store.last_position()
-    return {"items": [e.envelope() for e in events], "next": None}, 200, {"X-Ledger-Position": str(position)}
+    return ({"items": [e.envelope() for e in events],
+             "next": events[-1].version if len(events) == args["limit"] else None},
+            200, {"X-Ledger-Position": str(position)})
 
 
 @blp.route("/<batch_id>/provenance", methods=["GET"])
