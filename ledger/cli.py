@@ -71,17 +71,32 @@ def projections() -> None:
 
 @projections.command("rebuild")
 @click.argument("name", required=False)
-def projections_rebuild(name: str | None) -> None:
-    """Rebuild one projection (or all) into a new generation, then switch to it."""
+@click.option("--queue", "on_queue", is_flag=True,
+              help="Hand the rebuild to a worker (needs REDIS_URL) and print the job id instead of waiting.")
+def projections_rebuild(name: str | None, on_queue: bool) -> None:
+    """Rebuild one projection (or all) into a new generation, then switch to it.
+
+    An interrupted rebuild resumes from its checkpoints when run again.
+    """
     import time
 
     from ledger.services import Ledger
 
-    ledger = Ledger.open(_settings(), migrate=True)
+    settings = _settings()
+    if on_queue and not settings.redis_url:
+        raise click.UsageError("--queue needs REDIS_URL")
+    ledger = Ledger.open(settings, migrate=True)
     names = [name] if name else list(ledger.projections.projections)
     unknown = [n for n in names if n not in ledger.projections.projections]
     if unknown:
         raise click.UsageError(f"no projection {unknown[0]!r}; there are {', '.join(ledger.projections.projections)}")
+    if on_queue:
+        from workers.runner import enqueue_rebuild
+
+        targets = ledger.projections.start_rebuild(names)
+        click.echo(json.dumps({"job_id": enqueue_rebuild(settings, targets), "projections": targets}))
+        ledger.close()
+        return
     head = ledger.store.last_position()
     started = time.perf_counter()
     with click.progressbar(length=max(head, 1), label="rebuilding", file=sys.stderr) as bar:

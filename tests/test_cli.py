@@ -39,9 +39,17 @@ def test_bad_usage_and_bad_configuration_exit_2_naming_the_problem(tmp_path):
     result = magledger("db", "upgrade", env={"DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
                                              "LEDGER_DE_MINIMIS": "lots"}, check=False)
     assert result.returncode == 2 and "LEDGER_DE_MINIMIS" in result.stderr
+    queued = magledger("projections", "rebuild", "--queue", env={"DATABASE_URL": f"sqlite:///{tmp_path}/x.db"},
+                       check=False)
+    assert queued.returncode == 2 and "REDIS_URL" in queued.stderr
+    unknown = magledger("projections", "rebuild", "nonsense", env={"DATABASE_URL": f"sqlite:///{tmp_path}/x.db"},
+                        check=False)
+    assert unknown.returncode == 2 and "nonsense" in unknown.stderr
 
 
 def test_every_command_has_help():
-    for command in (["--help"], ["serve", "--help"], ["db", "upgrade", "--help"], ["party", "add", "--help"]):
+    for command in (["--help"], ["serve", "--help"], ["db", "upgrade", "--help"], ["party", "add", "--help"],
+                    ["worker", "--help"], ["scheduler", "--help"], ["projections", "rebuild", "--help"],
+                    ["projections", "status", "--help"]):
         result = magledger(*command, env={})
         assert result.returncode == 0 and "Usage" in result.stdout

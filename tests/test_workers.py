@@ -116,7 +116,16 @@ def test_posts_succeed_while_redis_is_down_and_projections_converge_after(postgr
         stop_server(server)
 
 
-def test_a_rebuild_killed_mid_way_resumes_and_matches_a_rebuild_from_scratch(postgres_url, tmp_path):
+def start_worker_group(env: dict, log_path, *command: str) -> subprocess.Popen:
+    """A `magledger` process in a session of its own, so that SIGKILL to the group takes the
+    RQ work horse down with the worker, as a crashed machine would."""
+    with open(log_path, "a") as log:
+        return subprocess.Popen([sys.executable, "-m", "ledger.cli", *command], env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_a_worker_killed_mid_rebuild_is_resumed_and_matches_a_rebuild_from_scratch(postgres_url, private_redis,
+                                                                                    tmp_path):
     ledger = Ledger.open(settings_for(postgres_url))
     cast = parties(ledger)
     for start in range(0, 50_000, 500):
@@ -127,22 +136,50 @@ def test_a_rebuild_killed_mid_way_resumes_and_matches_a_rebuild_from_scratch(pos
     ledger.projections.catch_up()
     expected = ledger.projections.digest("batch_state")
 
-    env = {"DATABASE_URL": postgres_url}
-    rebuild = subprocess.Popen([sys.executable, "-m", "ledger.cli", "projections", "rebuild", "batch_state"],
-                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": private_redis.url}
+    worker = start_worker_group(env, tmp_path / "worker.log", "worker")
+    scheduler = None
+    try:
+        queued = json.loads(magledger("projections", "rebuild", "batch_state", "--queue", env=env).stdout)
+        generation = queued["projections"]["batch_state"]
 
-    def building_position():
-        row = ledger.projections._state("batch_state", "building")
-        return row.position if row else 0
+        def building_position():
+            row = ledger.projections._state("batch_state", "building")
+            return row.position if row else 0
 
-    assert wait_until(lambda: building_position() >= 5_000, timeout=120), "the rebuild did not start"
-    rebuild.send_signal(signal.SIGKILL)
-    rebuild.wait()
-    interrupted = ledger.projections._state("batch_state", "building")
-    assert interrupted is not None and 0 < interrupted.position < 50_000
-    assert ledger.projections.digest("batch_state") == expected, "readers still see the serving generation"
-    result = magledger("projections", "rebuild", "batch_state", env=env, timeout=300)
-    assert json.loads(result.stdout)["projections"] == {"batch_state": interrupted.generation}, \
-        "the rebuild resumed its own generation"
+        assert wait_until(lambda: building_position() >= 5_000, timeout=120), (tmp_path / "worker.log").read_text()
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        time.sleep(1)
+        interrupted = ledger.projections._state("batch_state", "building")
+        assert interrupted is not None and interrupted.generation == generation
+        assert 0 < interrupted.position < 50_000
+        assert ledger.projections.digest("batch_state") == expected, "readers still see the serving generation"
+
+        # A new worker and the scheduler's periodic catch-up finish the same generation.
+        worker = start_worker_group(env, tmp_path / "worker.log", "worker")
+        scheduler = start_worker_group(env, tmp_path / "scheduler.log", "scheduler")
+        assert wait_until(lambda: ledger.projections._status("batch_state", generation) == "serving", timeout=180), \
+            (tmp_path / "worker.log").read_text()
+        assert ledger.projections._state("batch_state", "building") is None
+        assert ledger.projections.digest("batch_state") == expected
+    finally:
+        for process in (worker, scheduler):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+        ledger.close()
+
+
+def test_an_interrupted_rebuild_resumes_its_own_generation_from_the_command_line(postgres_url, tmp_path):
+    ledger = Ledger.open(settings_for(postgres_url))
+    cast = parties(ledger)
+    post(ledger, cast["maker"], *[registered(f"C-{i}", "10") for i in range(200)])
+    ledger.projections.catch_up()
+    expected = ledger.projections.digest("batch_state")
+    started = ledger.projections.start_rebuild(["batch_state"])
+    result = magledger("projections", "rebuild", "batch_state", env={"DATABASE_URL": postgres_url})
+    assert json.loads(result.stdout)["projections"] == started
+    assert ledger.projections._status("batch_state", started["batch_state"]) == "serving"
     assert ledger.projections.digest("batch_state") == expected
     ledger.close()

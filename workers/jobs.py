@@ -23,5 +23,14 @@ def catch_up(name: str) -> int:
 
 
 def catch_up_all() -> int:
-    """The periodic safety net: nothing waits forever on a lost job."""
-    return _ledger().projections.catch_up()
+    """The periodic safety net: nothing waits forever on a lost job, and a rebuild whose
+    worker died is finished from its checkpoints."""
+    projections = _ledger().projections
+    applied = projections.catch_up()
+    projections.resume_rebuilds()
+    return applied
+
+
+def finish_rebuild(targets: dict[str, int]) -> dict[str, int]:
+    """Build these generations (started by whoever asked) up to the head and serve them."""
+    return _ledger().projections.finish_rebuild(targets)

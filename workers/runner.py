@@ -15,6 +15,9 @@ from ledger.config import Settings
 QUEUE_NAME = "magledger"
 PENDING_SECONDS = 60
 CATCH_UP_INTERVAL_SECONDS = 30
+# A catch-up after a long outage, or a rebuild of a large log, takes far longer than RQ's
+# default 180 s; work done before a timeout is committed all the same.
+LONG_JOB_TIMEOUT_SECONDS = 6 * 3600
 
 log = logging.getLogger("magledger.workers")
 
@@ -43,8 +46,20 @@ def run_scheduler(settings: Settings) -> None:
     from workers import jobs
 
     scheduler = CronScheduler(connection=connect(settings))
-    scheduler.register(jobs.catch_up_all, QUEUE_NAME, interval=CATCH_UP_INTERVAL_SECONDS)
+    scheduler.register(jobs.catch_up_all, QUEUE_NAME, interval=CATCH_UP_INTERVAL_SECONDS,
+                       job_timeout=LONG_JOB_TIMEOUT_SECONDS)
     scheduler.start()
+
+
+def enqueue_rebuild(settings: Settings, targets: dict[str, int]) -> str:
+    """Ask a worker to finish building these generations; returns the RQ job id. A retry of
+    the job after its worker died resumes the same generations."""
+    from workers import jobs
+
+    job = queue(settings).enqueue(jobs.finish_rebuild, targets, job_id=f"rebuild-{uuid.uuid4().hex[:12]}",
+                                  job_timeout=LONG_JOB_TIMEOUT_SECONDS, retry=Retry(max=3, interval=[5, 30, 120]),
+                                  result_ttl=86400, failure_ttl=86400)
+    return job.id
 
 
 class CatchUpNotifier:
@@ -69,6 +84,7 @@ class CatchUpNotifier:
             for name, is_new in zip(self.names, fresh):
                 if is_new:
                     target.enqueue(jobs.catch_up, name, job_id=f"catch-up-{name}-{uuid.uuid4().hex[:12]}",
+                                   job_timeout=LONG_JOB_TIMEOUT_SECONDS,
                                    retry=Retry(max=3, interval=[1, 5, 15]), result_ttl=60, failure_ttl=86400)
         except RedisError as error:
             # The append is committed; the periodic catch-up will bring the projections up.

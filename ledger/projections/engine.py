@@ -124,20 +124,43 @@ class ProjectionEngine:
         A rebuild interrupted at any point resumes from its own checkpoints when called again.
         Returns the new serving generation of each projection.
         """
-        targets = []
+        return self.finish_rebuild(self.start_rebuild(names), on_progress)
+
+    def start_rebuild(self, names: Iterable[str] | None = None) -> dict[str, int]:
+        """The building generation of each projection: the interrupted one if there is one of
+        the current code version, else a new one at position 0."""
+        targets = {}
         for name in names or self.projections:
             building = self._state(name, "building")
             resumable = building is not None and building.version == self.projections[name].version
-            targets.append((name, building.generation if resumable else self._create(name, "building")))
-        while True:
-            step = self._step(targets)
+            targets[name] = building.generation if resumable else self._create(name, "building")
+        return targets
+
+    def finish_rebuild(self, targets: dict[str, int],
+                       on_progress: Callable[[Progress], None] | None = None) -> dict[str, int]:
+        """Bring these building generations up to the head and switch to them. One that is
+        no longer building (another process finished it) is left alone, so a retried job
+        never starts a second rebuild."""
+        pending = [(name, generation) for name, generation in targets.items()
+                   if self._status(name, generation) == "building"]
+        while pending:
+            step = self._step(pending)
             if on_progress:
                 on_progress(step)
             if step.applied == 0:
                 break
-        for name, generation in targets:
+        for name, generation in pending:
             self._switch(name, generation)
         return dict(targets)
+
+    def resume_rebuilds(self) -> dict[str, int]:
+        """Finish every rebuild that was interrupted (its process killed), from its own
+        checkpoints. Safe beside a rebuild still running: steps serialize on the checkpoint
+        rows, so the two share the work instead of repeating it."""
+        interrupted = {name: row.generation for name in self.projections
+                       if (row := self._state(name, "building")) is not None
+                       and row.version == self.projections[name].version}
+        return self.finish_rebuild(interrupted) if interrupted else {}
 
     def _switch(self, name: str, generation: int) -> None:
         """Serve the new generation: under the serving row's lock, apply what arrived since
@@ -146,7 +169,10 @@ class ProjectionEngine:
         with self._writer.begin() as conn:
             rows = conn.execute(select(projection_state).where(projection_state.c.name == name)
                                 .with_for_update()).all()
-            position = next(r.position for r in rows if r.generation == generation)
+            mine = next((r for r in rows if r.generation == generation), None)
+            if mine is None or mine.status != "building":
+                return
+            position = mine.position
             while batch := self.store.effects_after(conn, position, self.batch_size):
                 projection.apply(conn, generation, batch)
                 position = batch[-1][0].position
@@ -189,6 +215,11 @@ class ProjectionEngine:
                 name=name, generation=generation, version=self.projections[name].version, position=0,
                 status=status, updated_at=format_time(self.clock())))
         return generation
+
+    def _status(self, name: str, generation: int) -> str | None:
+        with self._reads.connect() as conn:
+            return conn.execute(select(projection_state.c.status).where(
+                projection_state.c.name == name, projection_state.c.generation == generation)).scalar()
 
     def _state(self, name: str, status: str):
         with self._reads.connect() as conn:
