@@ -7,6 +7,7 @@ from flask_smorest import Api
 
 from api import problems
 from api.routes import batches, events, health, parties
+from api.routes import ledger as ledger_routes
 from ledger.config import Settings
 from ledger.events import DATA_SCHEMAS
 from ledger.services import Ledger
@@ -38,6 +39,7 @@ def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -
     api.register_blueprint(parties.blp)
     api.register_blueprint(events.blp)
     api.register_blueprint(batches.blp)
+    api.register_blueprint(ledger_routes.blp)
     app.extensions["magledger_after_append"] = _after_append(ledger)
     problems.install(app)
     return app

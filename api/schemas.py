@@ -205,3 +205,43 @@ class Provenance(Schema):
     custody_chain = fields.List(fields.Nested(CustodyPeriod), required=True)
     governing_declarations = fields.List(fields.Dict(), required=True)
     as_of_position = fields.Integer(required=True)
+
+
+class CheckpointOut(Schema):
+    origin = fields.String(required=True)
+    tree_size = fields.Integer(required=True)
+    root_hash = fields.String(required=True, metadata={"description": "hex"})
+    timestamp = fields.Integer(required=True, metadata={"description": "unix seconds"})
+    note = fields.String(required=True, metadata={"description": "the C2SP tlog-checkpoint signed note"})
+
+
+class PublicKey(Schema):
+    key_name = fields.String(required=True)
+    key_id = fields.String(required=True, metadata={"description": "hex of the note key id's 4 bytes"})
+    public_key = fields.String(required=True, metadata={"description": "base64 of the 32 raw Ed25519 bytes"})
+    vkey = fields.String(required=True, metadata={"description": "the note verifier key string"})
+
+
+class InclusionArgs(Schema):
+    event_id = fields.String(required=True)
+    tree_size = fields.Integer(load_default=None, validate=validate.Range(min=1),
+                               metadata={"description": "default: the latest checkpoint's"})
+
+
+class InclusionProof(Schema):
+    leaf_index = fields.Integer(required=True, metadata={"description": "position - 1"})
+    tree_size = fields.Integer(required=True)
+    leaf_hash = fields.String(required=True)
+    audit_path = fields.List(fields.String(), required=True)
+
+
+class ConsistencyArgs(Schema):
+    first = fields.Integer(required=True, validate=validate.Range(min=1))
+    second = fields.Integer(load_default=None, validate=validate.Range(min=1),
+                            metadata={"description": "default: the latest checkpoint's tree size"})
+
+
+class ConsistencyProof(Schema):
+    first = fields.Integer(required=True)
+    second = fields.Integer(required=True)
+    proof = fields.List(fields.String(), required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -31,6 +32,7 @@ def main() -> None:
               help="Threads per worker; concurrent posts in one worker share a commit.")
 def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the HTTP API under gunicorn, after applying pending migrations."""
+    from ledger.checkpoints import Signer
     from ledger.db import make_engine, upgrade
     from ledger.server import run
 
@@ -38,6 +40,8 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     engine = make_engine(settings.database_url)
     upgrade(engine)
     engine.dispose()
+    # Created here, before the server forks, so that every process signs with the one key.
+    Signer.from_file(settings.signing_key_path, settings.origin)
     run(settings, host, port, workers, threads)
 
 
@@ -55,7 +59,7 @@ def worker(burst: bool) -> None:
 
 @main.command()
 def scheduler() -> None:
-    """Run RQ's cron scheduler: periodic projection catch-up (needs REDIS_URL)."""
+    """Run RQ's cron scheduler: periodic projection catch-up and checkpoints (needs REDIS_URL)."""
     settings = _settings()
     if not settings.redis_url:
         raise click.UsageError("magledger scheduler needs REDIS_URL")
@@ -121,6 +125,106 @@ def projections_status() -> None:
     ledger = Ledger.open(_settings(), migrate=True)
     click.echo(json.dumps({"head": ledger.store.last_position(), "projections": ledger.projections.positions()}))
     ledger.close()
+
+
+@main.command()
+def checkpoint() -> None:
+    """Sign a tree head at the current end of the log and print it as JSON."""
+    from ledger.services import Ledger
+
+    ledger = Ledger.open(_settings(), migrate=True)
+    try:
+        click.echo(json.dumps(ledger.checkpoints.make().describe()))
+    finally:
+        ledger.close()
+
+
+@main.command()
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True),
+              help="File to write (default: standard output).")
+def export(out_path: str | None) -> None:
+    """Write the log as JSON lines: a header with a checkpoint signed now, then every event
+    it covers, each with its leaf hash."""
+    from ledger.integrity import export_log
+    from ledger.services import Ledger
+
+    ledger = Ledger.open(_settings(), migrate=True)
+    try:
+        signed = ledger.checkpoints.make()
+        with (open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout)) as out, \
+                click.progressbar(length=max(signed.tree_size, 1), label="exporting", file=sys.stderr) as bar:
+            written = export_log(ledger.store, signed, out, on_progress=bar.update)
+    finally:
+        ledger.close()
+    click.echo(json.dumps({"events": written, "checkpoint": signed.describe()}), err=True)
+
+
+@main.command()
+@click.option("--export", "export_path", type=click.Path(exists=True, dir_okay=False),
+              help="Verify this export instead of the database.")
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(exists=True, dir_okay=False),
+              help="A signed note, or the JSON of GET /v1/ledger/checkpoint (default: the export's, "
+                   "or the database's latest).")
+@click.option("--key", "vkey",
+              help="The note verifier key (name+id+key, as GET /v1/ledger/public-key gives it), or a file "
+                   "holding it (default: the public half of LEDGER_SIGNING_KEY).")
+def verify(export_path: str | None, checkpoint_path: str | None, vkey: str | None) -> None:
+    """Check the log against a signed checkpoint: canonical forms, leaf hashes, the Merkle
+    root and the signature. Exit 1 naming the first position that disagrees."""
+    from ledger.checkpoints import BadCheckpoint
+    from ledger.integrity import load_checkpoint, read_export, stored_envelopes, verify_log
+
+    settings = _settings()
+    verifier = _verifier(vkey, settings)
+    ledger = None
+    try:
+        if export_path:
+            handle = open(export_path, encoding="utf-8")  # noqa: SIM115 - closed below, after streaming
+            header, envelopes = read_export(handle)
+            note = header["checkpoint"]["note"]
+        else:
+            from ledger.services import Ledger
+
+            handle = None
+            ledger = Ledger.open(settings)
+            latest = ledger.checkpoints.latest()
+            if latest is None and not checkpoint_path:
+                raise click.UsageError("the database has no checkpoint yet; run magledger checkpoint first")
+            note = latest.note if latest else None
+            envelopes = stored_envelopes(ledger.store)
+        if checkpoint_path:
+            with open(checkpoint_path, encoding="utf-8") as text:
+                note = text.read()
+        signed = load_checkpoint(note, verifier)
+        with click.progressbar(length=max(signed.tree_size, 1), label="verifying", file=sys.stderr) as bar:
+            outcome = verify_log(envelopes, signed, on_progress=bar.update)
+    except (BadCheckpoint, ValueError, KeyError) as error:
+        click.echo(json.dumps({"ok": False, "position": None, "problem": f"bad checkpoint or export: {error}"}))
+        sys.exit(1)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if handle is not None:
+        handle.close()
+    click.echo(json.dumps(outcome.describe()))
+    if not outcome.ok:
+        sys.exit(1)
+
+
+def _verifier(vkey: str | None, settings: Settings):
+    import os
+
+    from ledger.checkpoints import BadCheckpoint, Signer, Verifier
+
+    if vkey:
+        text = open(vkey, encoding="utf-8").read() if os.path.isfile(vkey) else vkey  # noqa: SIM115
+        try:
+            return Verifier.parse(text)
+        except BadCheckpoint as error:
+            raise click.UsageError(f"--key: {error}") from None
+    if not os.path.exists(settings.signing_key_path):
+        raise click.UsageError(f"no --key given and no signing key at {settings.signing_key_path}")
+    return Signer.from_file(settings.signing_key_path, settings.origin).verifier
 
 
 @main.group()

@@ -27,6 +27,7 @@ class Settings:
     mass_tolerance: Decimal
     transit_window_days: int
     audit_cron: str
+    checkpoint_cron: str = "* * * * *"
     max_body_bytes: int = 1024 * 1024
     max_events_per_post: int = 1000
 
@@ -52,6 +53,7 @@ class Settings:
             mass_tolerance=_fraction(env, "LEDGER_MASS_TOLERANCE", "0.005"),
             transit_window_days=_positive_int(env, "LEDGER_TRANSIT_WINDOW_DAYS", "30"),
             audit_cron=_cron(env, "LEDGER_AUDIT_CRON", "0 2 * * *"),
+            checkpoint_cron=_cron(env, "LEDGER_CHECKPOINT_CRON", "* * * * *"),
         )
 
 

@@ -57,6 +57,6 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply every pending migration (idempotent)."""
-    command.upgrade(alembic_config(engine), "head")
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply every pending migration, or those up to `revision` (idempotent)."""
+    command.upgrade(alembic_config(engine), revision)

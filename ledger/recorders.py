@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -84,6 +84,10 @@ class SqlRecorder:
         """A projection's rows of one generation whose `column` is one of `keys`."""
         return self._select_in(table, column, keys, generation)
 
+    def rows(self, query: Select) -> list[tuple]:
+        """Any other query's rows, on the append path's connection."""
+        return [tuple(row) for row in self.conn.execute(query)]
+
     def write(self, writes: Sequence[Write], head: int | None = None) -> None:
         """Apply every write, then move the log head to `head` (when given)."""
         try:
@@ -138,6 +142,13 @@ class PostgresRecorder(SqlRecorder):
         scope = "SESSION" if session else "LOCAL"
         with _translated(), self.raw.cursor() as cursor:
             cursor.execute(f"SET {scope} enable_seqscan = off")
+
+    def rows(self, query: Select) -> list[tuple]:
+        """On the driver's cursor, which works inside a pipeline (SQLAlchemy's result does not)."""
+        compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
+        with _translated(), self.raw.cursor() as cursor:
+            cursor.execute(str(compiled), compiled.params)
+            return cursor.fetchall()
 
     def select_generation(self, table: str, generation: int, column: str, keys: Iterable) -> list[dict]:
         keys = list(keys)

@@ -214,3 +214,20 @@ pj_share_edges = Table(
     Index("ix_pj_share_edges_parent", "generation", "parent"),
     Index("ix_pj_share_edges_event", "generation", "event_id"),
 )
+
+merkle_nodes = Table(
+    "merkle_nodes", metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+)
+
+checkpoints = Table(
+    "checkpoints", metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", String(64), nullable=False),
+    Column("origin", String(255), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("key_id", String(8), nullable=False),
+    Column("note", Text, nullable=False),
+)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from sqlalchemy import Engine
 
+from ledger.checkpoints import Checkpoints, Signer
 from ledger.config import Settings
 from ledger.db import make_engine, upgrade
 from ledger.events import Clock, utc_now
@@ -23,6 +25,7 @@ class Ledger:
     parties: PartyRegistry
     projections: ProjectionEngine
     views: Views
+    clock: Clock = field(default=utc_now)
 
     @classmethod
     def open(cls, settings: Settings | None = None, clock: Clock = utc_now, migrate: bool = False) -> Ledger:
@@ -32,7 +35,13 @@ class Ledger:
             upgrade(engine)
         store = EventStore(engine, clock)
         projections = ProjectionEngine(engine, store, [projection() for projection in ALL], clock)
-        return cls(settings, engine, store, PartyRegistry(engine, clock), projections, Views(engine))
+        return cls(settings, engine, store, PartyRegistry(engine, clock), projections, Views(engine), clock)
+
+    @cached_property
+    def checkpoints(self) -> Checkpoints:
+        """Opened on first use: it reads, or creates, the signing key."""
+        signer = Signer.from_file(self.settings.signing_key_path, self.settings.origin)
+        return Checkpoints(self.engine, signer, self.settings.origin, self.clock)
 
     def close(self) -> None:
         self.store.close()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.exc import DBAPIError
 
-from ledger import custody
+from ledger import custody, merkle
 from ledger.custody import CustodyState, LoggedEvent
 from ledger.db import reader, writer
 from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
@@ -73,8 +73,11 @@ class _Post:
 
 
 class EventStore:
-    def __init__(self, engine: Engine, clock: Clock = utc_now):
+    def __init__(self, engine: Engine, clock: Clock = utc_now, keep_tree: bool = True):
+        """`keep_tree=False` leaves the Merkle tree behind the log: only for measuring what
+        keeping it costs (bench/merkle); such a log cannot give proofs."""
         self.engine = engine
+        self.keep_tree = keep_tree
         self.clock = clock
         self._writer = writer(engine)
         self._reads = reader(engine)
@@ -87,6 +90,8 @@ class EventStore:
         self._conns: dict[str, Connection] = {}
         self._contended = 0
         self._state = CustodyState()
+        self._tree: merkle.CompactRange | None = None
+        self._grown_tree: merkle.CompactRange | None = None
 
     # --- appending -----------------------------------------------------------------------
 
@@ -253,12 +258,28 @@ class EventStore:
             position += len(new_rows)
             rows.extend(new_rows)
             decided.append((post, result))
+        self._grown_tree = None
         if rows:
-            recorder.write([Write("events", rows), *state.writes()], head=position)
+            recorder.write([Write("events", rows), *self._tree_writes(recorder, head, rows), *state.writes()],
+                           head=position)
         return decided, position
+
+    def _tree_writes(self, recorder, head: int, rows: list[dict]) -> list[Write]:
+        """The Merkle subtrees these rows complete, from the tree's right edge at `head`
+        (kept from the last commit, or read again when another process has written since)."""
+        if not self.keep_tree:
+            return []
+        if self._tree is None or self._tree.size != head:
+            self._tree = merkle.compact_range(recorder.rows, head)
+        grown = self._tree.copy()
+        completed = grown.extend(bytes.fromhex(row["leaf_hash"]) for row in rows)
+        self._grown_tree = grown
+        return [Write("merkle_nodes", merkle.node_rows(completed))]
 
     def _settle(self, decided: list[tuple[_Post, AppendResult | LedgerError]], position: int) -> None:
         self._state.committed(position)
+        if self._grown_tree is not None and self._grown_tree.size == position:
+            self._tree, self._grown_tree = self._grown_tree, None
         for post, outcome in decided:
             if isinstance(outcome, LedgerError):
                 post.error = outcome
@@ -335,6 +356,10 @@ class EventStore:
     def feed(self, after: int = 0, limit: int = 100, batch_id: str | None = None,
              event_type: str | None = None, visible_to: Party | None = None) -> list[RecordedEvent]:
         """Events after a position, in position order, optionally for one batch or type."""
+        return [_recorded(row) for row in self._feed_rows(after, limit, batch_id, event_type, visible_to)]
+
+    def _feed_rows(self, after: int, limit: int, batch_id: str | None = None, event_type: str | None = None,
+                   visible_to: Party | None = None) -> list:
         query = select(*_ENVELOPE_COLUMNS).where(events.c.position > after)
         if batch_id is not None:
             query = query.where(events.c.batch_id == batch_id)
@@ -342,7 +367,7 @@ class EventStore:
             query = query.where(events.c.type == event_type)
         query = _visible(query, visible_to).order_by(events.c.position).limit(limit)
         with self._reads.connect() as conn:
-            return [_recorded(row) for row in conn.execute(query)]
+            return conn.execute(query).all()
 
     def effects_after(self, conn: Connection, after: int, limit: int,
                       until: int | None = None) -> list[tuple[RecordedEvent, dict]]:
@@ -362,10 +387,13 @@ class EventStore:
             return [_recorded(row) for row in conn.execute(query)]
 
     def iter_all(self, chunk: int = 10000) -> Iterator[RecordedEvent]:
+        """Every event in position order. Each row is decoded as it is yielded, so a row that
+        cannot be (a tampered log) raises ValueError at its own place in the sequence."""
         after = 0
         while True:
-            page = self.feed(after=after, limit=chunk)
-            yield from page
+            page = self._feed_rows(after, chunk)
+            for row in page:
+                yield _recorded(row)
             if len(page) < chunk:
                 return
             after = page[-1].position

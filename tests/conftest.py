@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -117,8 +118,11 @@ def clock() -> Clock:
     return Clock()
 
 
+TEST_SIGNING_KEY = os.path.join(tempfile.mkdtemp(prefix="magledger-test-"), "signing.key")
+
+
 def settings_for(url: str, **overrides) -> Settings:
-    env = {"DATABASE_URL": url, **overrides}
+    env = {"DATABASE_URL": url, "LEDGER_SIGNING_KEY": TEST_SIGNING_KEY, **overrides}
     return Settings.from_env(env)
 
 

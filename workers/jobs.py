@@ -34,3 +34,8 @@ def catch_up_all() -> int:
 def finish_rebuild(targets: dict[str, int]) -> dict[str, int]:
     """Build these generations (started by whoever asked) up to the head and serve them."""
     return _ledger().projections.finish_rebuild(targets)
+
+
+def make_checkpoint() -> int:
+    """Sign a tree head at the end of the log (none new if the log has not grown)."""
+    return _ledger().checkpoints.make().tree_size

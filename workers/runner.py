@@ -42,12 +42,13 @@ def run_worker(settings: Settings, burst: bool = False) -> bool:
 
 
 def run_scheduler(settings: Settings) -> None:
-    """RQ's cron scheduler: the periodic catch-up of every projection."""
+    """RQ's cron scheduler: the periodic catch-up of every projection, and checkpoints."""
     from workers import jobs
 
     scheduler = CronScheduler(connection=connect(settings))
     scheduler.register(jobs.catch_up_all, QUEUE_NAME, interval=CATCH_UP_INTERVAL_SECONDS,
                        job_timeout=LONG_JOB_TIMEOUT_SECONDS)
+    scheduler.register(jobs.make_checkpoint, QUEUE_NAME, cron=settings.checkpoint_cron)
     scheduler.start()
 
 
