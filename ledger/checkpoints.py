@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, bindparam, insert, select, true
+from sqlalchemy.exc import IntegrityError
 
 from ledger import merkle
 from ledger.db import reader, writer
@@ -168,36 +169,50 @@ class Checkpoints:
         self.clock = clock
         self._writer = writer(engine)
         self._reads = reader(engine)
+        self._largest_signed = 0
+        self._key_id = signer.verifier.key_id.hex()
 
     def make(self) -> Checkpoint:
         """Sign the tree at the current head (or answer the stored checkpoint of that size)."""
         with self._reads.connect() as conn:
             size = conn.execute(select(log_head.c.last_position)).scalar_one()
-            existing = self._at(conn, size)
+            existing = self._at(conn, size, self._key_id)
             if existing is not None:
                 return existing
             root = merkle.root(conn, size)
         timestamp = int(self.clock().timestamp())
         note = self.signer.sign(checkpoint_body(self.origin, size, root, timestamp))
-        with self._writer.begin() as conn:
-            if (existing := self._at(conn, size)) is not None:
-                return existing
-            conn.execute(insert(checkpoints).values(tree_size=size, root_hash=root.hex(), origin=self.origin,
-                                                    timestamp=timestamp, key_id=self.signer.verifier.key_id.hex(),
-                                                    note=note))
+        try:
+            with self._writer.begin() as conn:
+                if (existing := self._at(conn, size, self._key_id)) is not None:
+                    return existing
+                conn.execute(insert(checkpoints).values(tree_size=size, root_hash=root.hex(), origin=self.origin,
+                                                        timestamp=timestamp, key_id=self._key_id, note=note))
+        except IntegrityError:
+            # Another process signed this size at the same moment: serve the stored one.
+            with self._reads.connect() as conn:
+                return self._at(conn, size, self._key_id)
         return Checkpoint(self.origin, size, root, timestamp, note)
 
     def latest(self) -> Checkpoint | None:
         with self._reads.connect() as conn:
-            row = conn.execute(select(checkpoints).order_by(checkpoints.c.tree_size.desc()).limit(1)).first()
+            row = conn.execute(_LATEST_OF_KEY, {"key_id": self._key_id}).first()
         return _checkpoint(row) if row else None
 
     def current(self) -> Checkpoint:
-        """The latest checkpoint, signed anew when the log has grown and it is not fresh."""
-        latest = self.latest()
-        if latest is not None and int(self.clock().timestamp()) - latest.timestamp < self.FRESH_SECONDS:
-            return latest
-        return self.make()
+        """The latest checkpoint, or a new one when the log has grown since it was signed
+        and it is more than FRESH_SECONDS old. One query when nothing needs signing."""
+        with self._reads.connect() as conn:
+            row = conn.execute(_HEAD_AND_LATEST, {"key_id": self._key_id}).first()
+        if row.tree_size is not None and (
+                row.tree_size == row.last_position
+                or int(self.clock().timestamp()) - row.timestamp < self.FRESH_SECONDS):
+            return self._seen(_checkpoint(row))
+        return self._seen(self.make())
+
+    def _seen(self, checkpoint: Checkpoint) -> Checkpoint:
+        self._largest_signed = max(self._largest_signed, checkpoint.tree_size)
+        return checkpoint
 
     # --- proofs (RFC 9162 2.1.3 and 2.1.4), for tree sizes up to the latest checkpoint ------
 
@@ -209,8 +224,7 @@ class Checkpoints:
             raise Invalid(f"The event at position {position} is not in the tree of size {size}; ask for a proof "
                           "against a later checkpoint.", {"tree_size": [f"must be at least {position}"]})
         with self._reads.connect() as conn:
-            path = merkle.inclusion_proof(conn, position - 1, size)
-            leaf = merkle.load_nodes(merkle.rows_of(conn), [(0, position - 1)])[(0, position - 1)]
+            leaf, path = merkle.inclusion_proof(conn, position - 1, size)
         return {"leaf_index": position - 1, "tree_size": size, "leaf_hash": leaf.hex(),
                 "audit_path": [node.hex() for node in path]}
 
@@ -226,6 +240,9 @@ class Checkpoints:
         return {"first": first, "second": second, "proof": [node.hex() for node in proof]}
 
     def _size_within_checkpoint(self, size: int | None, field: str) -> int:
+        # A size within one checkpoint seen before is within the latest: checkpoints only grow.
+        if size is not None and 1 <= size <= self._largest_signed:
+            return size
         signed = self.current().tree_size
         if size is None:
             return signed
@@ -235,9 +252,17 @@ class Checkpoints:
         return size
 
     @staticmethod
-    def _at(conn, size: int) -> Checkpoint | None:
-        row = conn.execute(select(checkpoints).where(checkpoints.c.tree_size == size)).first()
+    def _at(conn, size: int, key_id: str) -> Checkpoint | None:
+        row = conn.execute(select(checkpoints).where(checkpoints.c.tree_size == size,
+                                                     checkpoints.c.key_id == key_id)).first()
         return _checkpoint(row) if row else None
+
+
+# Checkpoints are kept per signing key: after a key change, the new key signs its own.
+_LATEST_OF_KEY = (select(checkpoints).where(checkpoints.c.key_id == bindparam("key_id"))
+                  .order_by(checkpoints.c.tree_size.desc()).limit(1))
+_LATEST = _LATEST_OF_KEY.subquery()
+_HEAD_AND_LATEST = select(log_head.c.last_position, _LATEST).select_from(log_head.outerjoin(_LATEST, true()))
 
 
 def _checkpoint(row) -> Checkpoint:

@@ -199,7 +199,8 @@ def verify(export_path: str | None, checkpoint_path: str | None, vkey: str | Non
         with click.progressbar(length=max(signed.tree_size, 1), label="verifying", file=sys.stderr) as bar:
             outcome = verify_log(envelopes, signed, on_progress=bar.update)
     except (BadCheckpoint, ValueError, KeyError) as error:
-        click.echo(json.dumps({"ok": False, "position": None, "problem": f"bad checkpoint or export: {error}"}))
+        click.echo(json.dumps({"ok": False, "tree_size": None, "checked": 0, "position": None,
+                               "problem": f"bad checkpoint or export: {error}"}))
         sys.exit(1)
     finally:
         if ledger is not None:

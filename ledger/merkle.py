@@ -14,19 +14,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
-from sqlalchemy import Connection, Select, and_, or_, select
-
-from ledger.schema import events, merkle_nodes
+from sqlalchemy import Connection, Executable, bindparam, text
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 Node = tuple[int, int]
 """(level, index): the perfect subtree over leaves [index * 2**level, (index + 1) * 2**level)."""
-Rows = Callable[[Select], Sequence[tuple]]
-"""Runs a query, on a plain connection or on the append path's recorder."""
-
-
-def rows_of(conn: Connection) -> Rows:
-    return lambda query: conn.execute(query).all()
+NodeRows = Callable[[list[int], list[int]], Iterable[tuple[int, str]]]
+"""Given leaf positions and inner node numbers, the stored (in-order number, hex hash) rows."""
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -135,7 +129,7 @@ def _fetched(compute: Callable[[Callable[[int, int], bytes]], object], conn: Con
         return EMPTY_ROOT
 
     compute(record)
-    found = load_nodes(rows_of(conn), wanted)
+    found = load_nodes(nodes_on(conn), wanted)
     return compute(lambda level, index: found[(level, index)])
 
 
@@ -143,10 +137,11 @@ def root(conn: Connection, size: int) -> bytes:
     return _fetched(lambda node: _root(size, node), conn)
 
 
-def inclusion_proof(conn: Connection, index: int, size: int) -> list[bytes]:
+def inclusion_proof(conn: Connection, index: int, size: int) -> tuple[bytes, list[bytes]]:
+    """The leaf's hash and its audit path in the tree of `size` leaves."""
     if not 0 <= index < size:
         raise ValueError(f"leaf {index} is not in a tree of {size}")
-    return _fetched(lambda node: _inclusion(index, 0, size, node), conn)
+    return _fetched(lambda node: (node(0, index), _inclusion(index, 0, size, node)), conn)
 
 
 def consistency_proof(conn: Connection, first: int, second: int) -> list[bytes]:
@@ -155,32 +150,55 @@ def consistency_proof(conn: Connection, first: int, second: int) -> list[bytes]:
     return _fetched(lambda node: _consistency(first, 0, second, True, node), conn)
 
 
-def compact_range(rows: Rows, size: int) -> CompactRange:
+def compact_range(rows: NodeRows, size: int) -> CompactRange:
     """The right edge of the stored tree of `size` leaves."""
     nodes = CompactRange.peak_nodes(size)
     found = load_nodes(rows, nodes)
     return CompactRange(size, [found[node] for node in nodes])
 
 
-def load_nodes(rows: Rows, nodes: Iterable[Node]) -> dict[Node, bytes]:
-    """Stored subtree hashes: level 0 from the log's leaf hashes, the rest from `merkle_nodes`."""
-    nodes = set(nodes)
-    leaves = [index + 1 for level, index in nodes if level == 0]
-    inner = [node for node in nodes if node[0] > 0]
-    found: dict[Node, bytes] = {}
-    if leaves:
-        found.update({(0, position - 1): bytes.fromhex(leaf) for position, leaf in
-                      rows(select(events.c.position, events.c.leaf_hash).where(events.c.position.in_(leaves)))})
-    if inner:
-        # OR of key pairs: a row-value IN list does not use the primary key on PostgreSQL.
-        condition = or_(*(and_(merkle_nodes.c.level == level, merkle_nodes.c.idx == index) for level, index in inner))
-        found.update({(level, index): bytes.fromhex(value) for level, index, value in
-                      rows(select(merkle_nodes.c.level, merkle_nodes.c.idx, merkle_nodes.c.hash).where(condition))})
-    missing = nodes - found.keys()
-    if missing:
-        raise LookupError(f"the tree has no stored node {min(missing)}")
+def in_order(level: int, index: int) -> int:
+    """A subtree's number in the in-order walk of the whole tree: leaf i is 2i, and the node
+    over leaves [i * 2**level, (i + 1) * 2**level) sits between its two halves. Unique across
+    levels, so one integer keys every stored node."""
+    return (index << (level + 1)) + (1 << level) - 1
+
+
+# Written as SQL: proofs are a hot read path, and building the statement with SQLAlchemy's
+# expressions cost more than running it.
+_NODES = text(
+    "SELECT (position - 1) * 2, leaf_hash FROM events WHERE position IN :leaves "
+    "UNION ALL SELECT node, hash FROM merkle_nodes WHERE node IN :inner",
+).bindparams(bindparam("leaves", expanding=True), bindparam("inner", expanding=True))
+_NODES_POSTGRES = ("SELECT (position - 1) * 2, leaf_hash FROM events WHERE position = ANY(%(leaves)s) "
+                   "UNION ALL SELECT node, hash FROM merkle_nodes WHERE node = ANY(%(inner)s)")
+
+
+def nodes_on(conn: Connection) -> NodeRows:
+    if conn.dialect.name == "postgresql":
+        return lambda leaves, inner: conn.exec_driver_sql(_NODES_POSTGRES, {"leaves": leaves, "inner": inner}).all()
+    return nodes_via(lambda statement: conn.execute(statement).all())
+
+
+def nodes_via(rows: Callable[[Executable], Sequence[tuple]]) -> NodeRows:
+    """Node rows through any runner of SQLAlchemy statements (the append path's recorder)."""
+    return lambda leaves, inner: rows(_NODES.bindparams(leaves=leaves, inner=inner))
+
+
+def load_nodes(rows: NodeRows, nodes: Iterable[Node]) -> dict[Node, bytes]:
+    """Stored subtree hashes, in one query: level 0 from the log's leaf hashes, the rest from
+    `merkle_nodes`."""
+    wanted = {in_order(level, index): (level, index) for level, index in set(nodes)}
+    if not wanted:
+        return {}
+    leaves = [index + 1 for level, index in wanted.values() if level == 0]
+    inner = [number for number, (level, _) in wanted.items() if level > 0]
+    found = {wanted[number]: bytes.fromhex(value)
+             for number, value in rows(leaves, inner) if number in wanted}
+    if len(found) < len(wanted):
+        raise LookupError(f"the tree has no stored node {min(set(wanted.values()) - found.keys())}")
     return found
 
 
 def node_rows(completed: Iterable[tuple[int, int, bytes]]) -> list[dict]:
-    return [{"level": level, "idx": index, "hash": value.hex()} for level, index, value in completed]
+    return [{"node": in_order(level, index), "hash": value.hex()} for level, index, value in completed]

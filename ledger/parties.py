@@ -13,7 +13,7 @@ import re
 import secrets
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ledger.db import reader
@@ -121,11 +121,7 @@ class PartyRegistry:
             raise Unauthenticated("The API key is not valid.")
         key_id, secret = match.groups()
         with self.reads.connect() as conn:
-            row = conn.execute(
-                select(api_keys.c.secret_hash, api_keys.c.revoked_at, parties)
-                .join(parties, parties.c.party_id == api_keys.c.party_id)
-                .where(api_keys.c.key_id == key_id)
-            ).first()
+            row = conn.execute(_KEY_AND_PARTY, {"key_id": key_id}).first()
         expected = row.secret_hash if row else _hash_secret("no such key")
         if not hmac.compare_digest(expected, _hash_secret(secret)) or row is None:
             raise Unauthenticated("The API key is not valid.")
@@ -143,6 +139,12 @@ class PartyRegistry:
 
     def _now(self) -> str:
         return format_time(self.clock())
+
+
+# Built once: every request runs it.
+_KEY_AND_PARTY = (select(api_keys.c.secret_hash, api_keys.c.revoked_at, parties)
+                  .join(parties, parties.c.party_id == api_keys.c.party_id)
+                  .where(api_keys.c.key_id == bindparam("key_id")))
 
 
 def _party(row) -> Party:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
-from sqlalchemy import Connection, Select, select, update
+from sqlalchemy import Connection, Executable, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -84,7 +84,7 @@ class SqlRecorder:
         """A projection's rows of one generation whose `column` is one of `keys`."""
         return self._select_in(table, column, keys, generation)
 
-    def rows(self, query: Select) -> list[tuple]:
+    def rows(self, query: Executable) -> list[tuple]:
         """Any other query's rows, on the append path's connection."""
         return [tuple(row) for row in self.conn.execute(query)]
 
@@ -143,7 +143,7 @@ class PostgresRecorder(SqlRecorder):
         with _translated(), self.raw.cursor() as cursor:
             cursor.execute(f"SET {scope} enable_seqscan = off")
 
-    def rows(self, query: Select) -> list[tuple]:
+    def rows(self, query: Executable) -> list[tuple]:
         """On the driver's cursor, which works inside a pipeline (SQLAlchemy's result does not)."""
         compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
         with _translated(), self.raw.cursor() as cursor:

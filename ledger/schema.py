@@ -217,8 +217,8 @@ pj_share_edges = Table(
 
 merkle_nodes = Table(
     "merkle_nodes", metadata,
-    Column("level", Integer, primary_key=True, autoincrement=False),
-    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    # The subtree's in-order number (ledger.merkle.in_order): one key for level and index.
+    Column("node", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", String(64), nullable=False),
 )
 
@@ -228,6 +228,6 @@ checkpoints = Table(
     Column("root_hash", String(64), nullable=False),
     Column("origin", String(255), nullable=False),
     Column("timestamp", BigInteger, nullable=False),
-    Column("key_id", String(8), nullable=False),
+    Column("key_id", String(8), primary_key=True),
     Column("note", Text, nullable=False),
 )

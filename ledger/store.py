@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
 from ledger import custody, merkle
@@ -270,7 +270,7 @@ class EventStore:
         if not self.keep_tree:
             return []
         if self._tree is None or self._tree.size != head:
-            self._tree = merkle.compact_range(recorder.rows, head)
+            self._tree = merkle.compact_range(merkle.nodes_via(recorder.rows), head)
         grown = self._tree.copy()
         completed = grown.extend(bytes.fromhex(row["leaf_hash"]) for row in rows)
         self._grown_tree = grown
@@ -348,9 +348,10 @@ class EventStore:
 
     def get(self, event_id: str, visible_to: Party | None = None) -> RecordedEvent | None:
         """One event, or None when it does not exist or `visible_to` (a partner) may not see it."""
-        query = _visible(select(*_ENVELOPE_COLUMNS).where(events.c.event_id == event_id), visible_to)
+        as_partner = visible_to is not None and visible_to.role == "partner"
         with self._reads.connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_EVENT_AS_PARTNER if as_partner else _EVENT,
+                               {"event_id": event_id, "party_id": visible_to.party_id if as_partner else None}).first()
         return _recorded(row) if row else None
 
     def feed(self, after: int = 0, limit: int = 100, batch_id: str | None = None,
@@ -401,13 +402,9 @@ class EventStore:
     def can_see(self, party: Party, batch_id: str) -> bool:
         """Whether the batch exists and the party may read it (SPEC 1): an unknown batch and
         an invisible one get the same answer."""
-        if party.role == "partner":
-            query = select(batch_access.c.batch_id).where(batch_access.c.party_id == party.party_id,
-                                                          batch_access.c.batch_id == batch_id)
-        else:
-            query = select(batches.c.batch_id).where(batches.c.batch_id == batch_id)
+        query = _VISIBLE_BATCH if party.role == "partner" else _BATCH
         with self._reads.connect() as conn:
-            return conn.execute(query).first() is not None
+            return conn.execute(query, {"batch_id": batch_id, "party_id": party.party_id}).first() is not None
 
     def count(self) -> int:
         with self._reads.connect() as conn:
@@ -423,6 +420,16 @@ def _visible(query, party: Party | None):
         return query
     return query.join(batch_access, and_(batch_access.c.batch_id == events.c.batch_id,
                                          batch_access.c.party_id == party.party_id))
+
+
+# Built once: every authenticated read runs these, and building a statement per call cost
+# about as much as running it.
+_EVENT = select(*_ENVELOPE_COLUMNS).where(events.c.event_id == bindparam("event_id"))
+_EVENT_AS_PARTNER = _EVENT.join(batch_access, and_(batch_access.c.batch_id == events.c.batch_id,
+                                                   batch_access.c.party_id == bindparam("party_id")))
+_BATCH = select(batches.c.batch_id).where(batches.c.batch_id == bindparam("batch_id"))
+_VISIBLE_BATCH = select(batch_access.c.batch_id).where(batch_access.c.party_id == bindparam("party_id"),
+                                                       batch_access.c.batch_id == bindparam("batch_id"))
 
 
 def _recorded(row) -> RecordedEvent:

@@ -136,7 +136,8 @@ def test_roots_and_every_proof_up_to_64_leaves_verify_independently(ledger):
             root = root_of(size)
             assert merkle.root(conn, size) == root, size
             for index in range(size):
-                path = merkle.inclusion_proof(conn, index, size)
+                leaf, path = merkle.inclusion_proof(conn, index, size)
+                assert leaf == leaves[index]
                 assert verify_inclusion(index, size, leaves[index], path, root), (index, size)
                 assert not verify_inclusion(index, size, flipped(leaves[index]), path, root)
                 assert not verify_inclusion(index, size, leaves[index], path, flipped(root))
@@ -406,3 +407,33 @@ def test_the_signing_key_is_created_once_with_mode_0600(tmp_path):
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     assert Signer.from_file(str(path), "origin").verifier == first.verifier
     assert [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
+def test_the_current_checkpoint_is_signed_anew_only_when_the_log_grew_and_it_is_not_fresh(ledger, clock):
+    cast = parties(ledger)
+    post_in_groups(ledger, cast["maker"], [3])
+    first = ledger.checkpoints.current()
+    assert first.tree_size == 3
+    assert ledger.checkpoints.make() == first, "the same size is never signed twice"
+    post_in_groups(ledger, cast["maker"], [2])
+    clock.advance(seconds=ledger.checkpoints.FRESH_SECONDS - 1)
+    assert ledger.checkpoints.current() == first
+    clock.advance(seconds=1)
+    second = ledger.checkpoints.current()
+    assert second.tree_size == 5 and second.timestamp == int(clock().timestamp())
+    clock.advance(hours=1)
+    assert ledger.checkpoints.current() == second, "an old checkpoint of the whole log is current"
+    assert ledger.checkpoints.latest() == second
+
+
+def test_a_new_signing_key_signs_its_own_checkpoints(database_url, clock, tmp_path):
+    first = Ledger.open(settings_for(database_url, LEDGER_SIGNING_KEY=str(tmp_path / "old.key")), clock=clock)
+    post_in_groups(first, parties(first)["maker"], [4])
+    old = first.checkpoints.make()
+    second = Ledger.open(settings_for(database_url, LEDGER_SIGNING_KEY=str(tmp_path / "new.key")), clock=clock)
+    new = second.checkpoints.make()
+    assert (new.tree_size, new.root_hash) == (old.tree_size, old.root_hash) and new.note != old.note
+    assert load_checkpoint(new.note, second.checkpoints.signer.verifier).tree_size == 4
+    assert second.checkpoints.latest() == new and first.checkpoints.latest() == old
+    first.close()
+    second.close()

@@ -183,3 +183,24 @@ def test_an_interrupted_rebuild_resumes_its_own_generation_from_the_command_line
     assert ledger.projections._status("batch_state", started["batch_state"]) == "serving"
     assert ledger.projections.digest("batch_state") == expected
     ledger.close()
+
+
+def test_a_worker_signs_the_scheduled_checkpoint(postgres_url, private_redis, tmp_path):
+    from rq import Queue
+
+    from workers import jobs
+    from workers.runner import QUEUE_NAME
+
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": private_redis.url,
+           "LEDGER_SIGNING_KEY": str(tmp_path / "signing.key")}
+    ledger = Ledger.open(settings_for(postgres_url, LEDGER_SIGNING_KEY=env["LEDGER_SIGNING_KEY"]))
+    cast = parties(ledger)
+    post(ledger, cast["maker"], *[registered(unique()) for _ in range(3)])
+    assert ledger.checkpoints.latest() is None
+    # What the scheduler enqueues on LEDGER_CHECKPOINT_CRON.
+    Queue(QUEUE_NAME, connection=redis.Redis.from_url(private_redis.url)).enqueue(jobs.make_checkpoint)
+    magledger("worker", "--burst", env=env, timeout=120)
+    signed = ledger.checkpoints.latest()
+    assert signed is not None and signed.tree_size == 3
+    assert signed.root_hash == ledger.checkpoints.make().root_hash
+    ledger.close()

@@ -29,8 +29,7 @@ CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
 def upgrade() -> None:
     op.create_table(
         "merkle_nodes",
-        sa.Column("level", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("node", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("hash", sa.String(64), nullable=False),
     )
     op.create_table(
@@ -39,7 +38,7 @@ def upgrade() -> None:
         sa.Column("root_hash", sa.String(64), nullable=False),
         sa.Column("origin", sa.String(255), nullable=False),
         sa.Column("timestamp", sa.BigInteger, nullable=False),
-        sa.Column("key_id", sa.String(8), nullable=False),
+        sa.Column("key_id", sa.String(8), primary_key=True),
         sa.Column("note", sa.Text, nullable=False),
     )
     _backfill(op.get_bind())
