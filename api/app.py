@@ -6,7 +6,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from api import problems
-from api.routes import batches, events, health, parties
+from api.routes import audits, batches, events, health, parties
 from api.routes import ledger as ledger_routes
 from ledger.config import Settings
 from ledger.events import DATA_SCHEMAS
@@ -40,7 +40,9 @@ def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -
     api.register_blueprint(events.blp)
     api.register_blueprint(batches.blp)
     api.register_blueprint(ledger_routes.blp)
+    api.register_blueprint(audits.blp)
     app.extensions["magledger_after_append"] = _after_append(ledger)
+    app.extensions["magledger_run_audit"] = _audit_runner(ledger)
     problems.install(app)
     return app
 
@@ -53,6 +55,15 @@ def _after_append(ledger: Ledger):
 
         return CatchUpNotifier(ledger.settings, list(ledger.projections.projections))
     return ledger.projections.catch_up
+
+
+def _audit_runner(ledger: Ledger):
+    """With Redis, a worker runs the audit; without it, the request does."""
+    if ledger.settings.redis_url:
+        from workers.runner import enqueue_audit
+
+        return lambda audit_id: enqueue_audit(ledger.settings, audit_id)
+    return ledger.audits.run
 
 
 def _schema_name(event_type: str) -> str:

@@ -137,6 +137,8 @@ class BatchState(Schema):
     open_shipments = fields.List(fields.Nested(OpenShipment), required=True)
     declarations = fields.List(fields.Dict(), required=True,
                                metadata={"description": "end-use declarations recorded on this batch"})
+    verdict = fields.String(required=True, metadata={"description": "clear, at_risk or diverted (SPEC 2)"})
+    diverted = fields.Boolean(required=True)
     as_of_position = fields.Integer(required=True)
 
 
@@ -245,3 +247,72 @@ class ConsistencyProof(Schema):
     first = fields.Integer(required=True)
     second = fields.Integer(required=True)
     proof = fields.List(fields.String(), required=True)
+
+
+class FindingOut(Schema):
+    finding_id = fields.String(required=True)
+    rule = fields.String(required=True)
+    category = fields.String(required=True)
+    severity = fields.String(required=True)
+    batch_id = fields.String(required=True)
+    licence_id = fields.String(allow_none=True)
+    declaration_id = fields.String(allow_none=True)
+    message = fields.String(required=True)
+    evidence = fields.List(fields.String(), required=True)
+    position = fields.Integer(required=True)
+
+
+class Verdict(Schema):
+    batch_id = fields.String(required=True)
+    verdict = fields.String(required=True)
+    diverted = fields.Boolean(required=True)
+    findings = fields.List(fields.Nested(FindingOut), required=True)
+    as_of_position = fields.Integer(required=True)
+
+
+class FindingArgs(Schema):
+    rule = fields.String(load_default=None)
+    category = fields.String(load_default=None, validate=validate.OneOf(("diversion", "integrity", "compliance",
+                                                                         "info")))
+    batch_id = fields.String(load_default=None)
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class FindingPage(Schema):
+    items = fields.List(fields.Nested(FindingOut), required=True)
+    next = fields.Integer(allow_none=True, metadata={"description": "pass as `after` for the next page"})
+    as_of_position = fields.Integer(required=True)
+
+
+class AuditIn(Schema):
+    scope = fields.String(load_default="incremental", validate=validate.OneOf(("incremental", "full")))
+
+
+class AuditOut(Schema):
+    audit_id = fields.String(required=True)
+    scope = fields.String(required=True)
+    status = fields.String(required=True, metadata={"description": "queued, running, finished or failed"})
+    requested_by = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    as_of_position = fields.Integer(allow_none=True)
+    batches_checked = fields.Integer()
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer())
+    findings_total = fields.Integer()
+    diverted_batches = fields.List(fields.String())
+    previous_audit_id = fields.String(allow_none=True)
+    new_findings = fields.List(fields.Nested(FindingOut))
+    resolved_findings = fields.List(fields.Nested(FindingOut))
+    error = fields.String(allow_none=True)
+    cursor = fields.String()
+
+
+class AuditListArgs(Schema):
+    cursor = fields.String(load_default=None)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class AuditPage(Schema):
+    items = fields.List(fields.Nested(AuditOut), required=True)
+    next = fields.String(allow_none=True)

@@ -228,6 +228,37 @@ def _verifier(vkey: str | None, settings: Settings):
     return Signer.from_file(settings.signing_key_path, settings.origin).verifier
 
 
+@main.command()
+@click.option("--full", is_flag=True, help="Judge every batch again instead of reading the findings projection.")
+@click.option("--format", "output", type=click.Choice(["json", "csv"]), default="json", show_default=True,
+              help="The report as JSON, or its findings as CSV.")
+def audit(full: bool, output: str) -> None:
+    """Run a diversion audit now and print its report."""
+    from ledger.services import Ledger
+
+    ledger = Ledger.open(_settings(), migrate=True)
+    try:
+        requested = ledger.audits.request("full" if full else "incremental", "cli")
+        report = ledger.audits.run(requested["audit_id"])
+        click.echo(ledger.audits.findings_csv(report["audit_id"]) if output == "csv"
+                   else json.dumps(report, indent=2), nl=output != "csv")
+    finally:
+        ledger.close()
+
+
+@main.command()
+def demo() -> None:
+    """Seed the story of SPEC 0 and print the verdicts and the audit summary."""
+    from ledger.demo import run_demo
+    from ledger.services import Ledger
+
+    ledger = Ledger.open(_settings(), migrate=True)
+    try:
+        click.echo(run_demo(ledger))
+    finally:
+        ledger.close()
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

@@ -31,6 +31,11 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_events_per_post: int = 1000
 
+    def rule_config(self):
+        from ledger.rules import RuleConfig
+
+        return RuleConfig(self.de_minimis, self.mass_tolerance, self.transit_window_days)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

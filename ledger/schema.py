@@ -201,6 +201,7 @@ pj_shares = Table(
     Column("batch_id", String(128), primary_key=True),
     Column("ancestor", String(128), primary_key=True),
     Column("share", String(64), nullable=False),
+    Index("ix_pj_shares_ancestor", "generation", "ancestor"),
 )
 
 pj_share_edges = Table(
@@ -230,4 +231,36 @@ checkpoints = Table(
     Column("timestamp", BigInteger, nullable=False),
     Column("key_id", String(8), primary_key=True),
     Column("note", Text, nullable=False),
+)
+
+pj_findings = Table(
+    "pj_findings", metadata,
+    Column("generation", Integer, primary_key=True),
+    Column("finding_id", String(24), primary_key=True),
+    Column("batch_id", String(128), nullable=False),
+    Column("rule", String(40), nullable=False),
+    Column("category", String(16), nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("licence_id", String(200)),
+    Column("declaration_id", String(36)),
+    Column("message", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Index("ix_pj_findings_batch", "generation", "batch_id"),
+    Index("ix_pj_findings_rule", "generation", "rule", "position"),
+)
+
+audits = Table(
+    "audits", metadata,
+    Column("audit_id", String(36), primary_key=True),
+    Column("scope", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("requested_by", String(64), nullable=False),
+    Column("requested_at", String(32), nullable=False),
+    Column("started_at", String(32)),
+    Column("finished_at", String(32)),
+    Column("as_of_position", BigInteger),
+    Column("report", Text),
+    Column("findings", Text),
+    Column("error", Text),
 )

@@ -7,12 +7,14 @@ from functools import cached_property
 
 from sqlalchemy import Engine
 
+from ledger.audits import Audits, Diversion
 from ledger.checkpoints import Checkpoints, Signer
 from ledger.config import Settings
 from ledger.db import make_engine, upgrade
 from ledger.events import Clock, utc_now
 from ledger.parties import PartyRegistry
 from ledger.projections import ALL, ProjectionEngine
+from ledger.projections.findings import Findings
 from ledger.projections.views import Views
 from ledger.store import EventStore
 
@@ -34,8 +36,17 @@ class Ledger:
         if migrate:
             upgrade(engine)
         store = EventStore(engine, clock)
-        projections = ProjectionEngine(engine, store, [projection() for projection in ALL], clock)
+        projections = ProjectionEngine(engine, store, [*(projection() for projection in ALL),
+                                                       Findings(settings.rule_config())], clock)
         return cls(settings, engine, store, PartyRegistry(engine, clock), projections, Views(engine), clock)
+
+    @cached_property
+    def diversion(self) -> Diversion:
+        return Diversion(self.engine, self.projections, self.settings.rule_config(), self.clock)
+
+    @cached_property
+    def audits(self) -> Audits:
+        return Audits(self.engine, self.projections, self.diversion, self.clock)
 
     @cached_property
     def checkpoints(self) -> Checkpoints:

@@ -39,3 +39,17 @@ def finish_rebuild(targets: dict[str, int]) -> dict[str, int]:
 def make_checkpoint() -> int:
     """Sign a tree head at the end of the log (none new if the log has not grown)."""
     return _ledger().checkpoints.make().tree_size
+
+
+SCHEDULER = "scheduler"
+"""The name scheduled audits are requested under; they run with an auditor's reach."""
+
+
+def run_audit(audit_id: str) -> str:
+    return _ledger().audits.run(audit_id)["status"]
+
+
+def scheduled_audit() -> str:
+    """The periodic incremental audit (LEDGER_AUDIT_CRON), under the scheduler's name."""
+    audits = _ledger().audits
+    return audits.run(audits.request("incremental", SCHEDULER)["audit_id"])["audit_id"]

@@ -42,13 +42,14 @@ def run_worker(settings: Settings, burst: bool = False) -> bool:
 
 
 def run_scheduler(settings: Settings) -> None:
-    """RQ's cron scheduler: the periodic catch-up of every projection, and checkpoints."""
+    """RQ's cron scheduler: the periodic catch-up of every projection, checkpoints, audits."""
     from workers import jobs
 
     scheduler = CronScheduler(connection=connect(settings))
     scheduler.register(jobs.catch_up_all, QUEUE_NAME, interval=CATCH_UP_INTERVAL_SECONDS,
                        job_timeout=LONG_JOB_TIMEOUT_SECONDS)
     scheduler.register(jobs.make_checkpoint, QUEUE_NAME, cron=settings.checkpoint_cron)
+    scheduler.register(jobs.scheduled_audit, QUEUE_NAME, cron=settings.audit_cron, job_timeout=LONG_JOB_TIMEOUT_SECONDS)
     scheduler.start()
 
 
@@ -60,6 +61,14 @@ def enqueue_rebuild(settings: Settings, targets: dict[str, int]) -> str:
     job = queue(settings).enqueue(jobs.finish_rebuild, targets, job_id=f"rebuild-{uuid.uuid4().hex[:12]}",
                                   job_timeout=LONG_JOB_TIMEOUT_SECONDS, retry=Retry(max=3, interval=[5, 30, 120]),
                                   result_ttl=86400, failure_ttl=86400)
+    return job.id
+
+
+def enqueue_audit(settings: Settings, audit_id: str) -> str:
+    from workers import jobs
+
+    job = queue(settings).enqueue(jobs.run_audit, audit_id, job_id=f"audit-{audit_id}",
+                                  job_timeout=LONG_JOB_TIMEOUT_SECONDS, result_ttl=86400, failure_ttl=86400)
     return job.id
 
 

@@ -12,6 +12,7 @@ from api.schemas import (
     LineageView,
     Provenance,
     StreamArgs,
+    Verdict,
 )
 from ledger.errors import Forbidden, NotFound, Unavailable
 
@@ -52,7 +53,8 @@ def get_batch(args, batch_id):
     if state is None:
         raise NotFound(f"Batch {batch_id!r} not found (the projections are at "
                        f"{_ledger().projections.position()}; retry with min_position if it is new).")
-    return _answer(state)
+    verdict = _ledger().diversion.verdict(batch_id)
+    return _answer(state | {"verdict": verdict["verdict"], "diverted": verdict["diverted"]})
 
 
 @blp.route("", methods=["GET"])
@@ -96,6 +98,18 @@ def provenance(args, batch_id):
     if view is None:
         raise NotFound(f"Batch {batch_id!r} not found.")
     return _answer(view)
+
+
+@blp.route("/<batch_id>/diversion", methods=["GET"])
+@requires("regulator", "auditor")
+@blp.arguments(BatchArgs, location="query")
+@blp.response(200, Verdict)
+def diversion(args, batch_id):
+    """The verdict on a batch and on every descendant in which its share is at least the de
+    minimis threshold, with the findings that stand against them."""
+    _visible(batch_id)
+    _wait(args["min_position"])
+    return _answer(_ledger().diversion.verdict(batch_id))
 
 
 @blp.route("/<batch_id>/lineage", methods=["GET"])

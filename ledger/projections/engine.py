@@ -40,6 +40,8 @@ class Projection:
     name: str
     version: int
     tables: tuple[Table, ...]
+    requires: tuple[str, ...] = ()
+    """Projections whose serving rows `apply` reads: they are caught up in the same steps."""
 
     def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
         raise NotImplementedError
@@ -67,8 +69,9 @@ class ProjectionEngine:
     # --- catching up ---------------------------------------------------------------------
 
     def catch_up(self, names: Iterable[str] | None = None) -> int:
-        """Bring the serving generations up to the head; returns the events read."""
-        targets = [(name, self._serving_or_new(name)) for name in (names or self.projections)]
+        """Bring the serving generations up to the head, with what they require, in the same
+        steps; returns the events read."""
+        targets = [(name, self._serving_or_new(name)) for name in self._with_requirements(names or self.projections)]
         applied = 0
         while (step := self._step(targets)).applied:
             applied += step.applied
@@ -92,7 +95,9 @@ class ProjectionEngine:
             if batch:
                 last = batch[-1][0].position
                 now = format_time(self.clock())
-                for (name, generation), position in positions.items():
+                # In the targets' order: a projection may read the rows of those before it.
+                for name, generation in targets:
+                    position = positions[(name, generation)]
                     unseen = [item for item in batch if item[0].position > position]
                     if not unseen:
                         continue
@@ -102,6 +107,12 @@ class ProjectionEngine:
                                  .values(position=last, updated_at=now))
         position = batch[-1][0].position if batch else start
         return Progress(",".join(name for name, _ in targets), position, head, len(batch))
+
+    def _with_requirements(self, names: Iterable[str]) -> list[str]:
+        wanted = set(names)
+        for name in list(wanted):
+            wanted.update(self.projections[name].requires)
+        return [name for name in self.projections if name in wanted]
 
     def _serving_or_new(self, name: str) -> int:
         """The serving generation; a projection never built starts serving at position 0,
@@ -124,6 +135,11 @@ class ProjectionEngine:
         A rebuild interrupted at any point resumes from its own checkpoints when called again.
         Returns the new serving generation of each projection.
         """
+        names = list(names or self.projections)
+        # What a rebuilt projection reads must be current before it starts.
+        required = {r for name in names for r in self.projections[name].requires} - set(names)
+        if required:
+            self.catch_up(required)
         return self.finish_rebuild(self.start_rebuild(names), on_progress)
 
     def start_rebuild(self, names: Iterable[str] | None = None) -> dict[str, int]:

@@ -1,0 +1,213 @@
+"""Findings as a projection, and the bulk loader that feeds the rules.
+
+Each step of the log re-judges the batches its events touch (the event's own batch, the
+batches a split or transformation made or consumed, and for a declaration or a void the
+whole family around it, found through the write-side lineage), and replaces their findings.
+A full audit judges every batch through the same loader, so both give the same findings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+
+from sqlalchemy import Connection, and_, delete, select
+
+from ledger.events import parse_time
+from ledger.projections.engine import Projection
+from ledger.recorders import Write, recorder_for
+from ledger.rules import Declaration, Event, Facts, Finding, RuleConfig, judge
+from ledger.schema import (
+    batches,
+    events,
+    lineage,
+    parties,
+    pj_declarations,
+    pj_findings,
+    pj_shares,
+    projection_state,
+    voids,
+)
+
+CHUNK = 500
+
+
+def serving_generations(conn: Connection) -> dict[str, int]:
+    return dict(conn.execute(select(projection_state.c.name, projection_state.c.generation)
+                             .where(projection_state.c.status == "serving")).all())
+
+
+class FactSource:
+    """Loads what the rules need for many batches at one log position, in bulk queries."""
+
+    def __init__(self, conn: Connection, config: RuleConfig, generations: dict[str, int]):
+        self.conn = conn
+        self.config = config
+        self.shares_generation = generations.get("shares", 0)
+        self.declarations_generation = generations.get("batch_state", 0)
+        self.countries = dict(conn.execute(select(parties.c.party_id, parties.c.country)).all())
+        self._outbound: dict[str, list] = {}
+
+    def judge(self, batch_ids: Iterable[str], position: int) -> Iterator[Finding]:
+        ids = sorted(set(batch_ids))
+        for start in range(0, len(ids), CHUNK):
+            for facts in self.facts(ids[start:start + CHUNK], position).values():
+                yield from judge(facts, self.config)
+
+    def facts(self, batch_ids: list[str], position: int) -> dict[str, Facts]:
+        edges = self._rows(select(lineage.c.parent, lineage.c.child, lineage.c.event_id), lineage.c.parent, batch_ids)
+        edges += self._rows(select(lineage.c.parent, lineage.c.child, lineage.c.event_id), lineage.c.child, batch_ids)
+        columns = (events.c.event_id, events.c.type, events.c.batch_id, events.c.actor, events.c.occurred_at,
+                   events.c.position, events.c.data, events.c.effects)
+        found = {row.event_id: row for row in self._rows(select(*columns).where(events.c.position <= position),
+                                                          events.c.batch_id, batch_ids)}
+        extra = [e.event_id for e in edges if e.event_id not in found]
+        found.update({row.event_id: row for row in self._rows(select(*columns).where(events.c.position <= position),
+                                                               events.c.event_id, extra)})
+        voided = self.voided(list(found), position)
+        parsed = {i: _event(row) for i, row in found.items() if i not in voided and row.type != "event.voided"}
+        shares: dict[str, dict[str, Decimal]] = {b: {} for b in batch_ids}
+        for row in self._rows(select(pj_shares.c.batch_id, pj_shares.c.ancestor, pj_shares.c.share)
+                              .where(pj_shares.c.generation == self.shares_generation), pj_shares.c.batch_id,
+                              batch_ids):
+            shares[row.batch_id][row.ancestor] = Decimal(row.share)
+        related = sorted({*batch_ids, *(a for s in shares.values() for a in s)})
+        kinds = {r.batch_id: r for r in self._rows(select(batches.c.batch_id, batches.c.origin, batches.c.origin_country),
+                                                   batches.c.batch_id, related)}
+        declarations = self.declarations(related, position, kinds)
+        touching: dict[str, list[Event]] = {b: [] for b in batch_ids}
+        for event in parsed.values():
+            if event.batch_id in touching:
+                touching[event.batch_id].append(event)
+        for edge in edges:
+            event = parsed.get(edge.event_id)
+            for batch_id in (edge.parent, edge.child):
+                if event is not None and batch_id in touching and event.batch_id != batch_id:
+                    touching[batch_id].append(event)
+        result = {}
+        for batch_id in batch_ids:
+            own = shares[batch_id]
+            governing = [d for d in declarations if d.batch_id == batch_id
+                         or own.get(d.batch_id, Decimal(0)) >= self.config.de_minimis]
+            registered = sum((s for a, s in own.items() if a in kinds and kinds[a].origin == "registered"),
+                             Decimal(1) if batch_id in kinds and kinds[batch_id].origin == "registered" else Decimal(0))
+            history = sorted({e.event_id: e for e in touching[batch_id]}.values(), key=lambda e: e.position)
+            result[batch_id] = Facts(batch_id, history, governing, registered, self.countries,
+                                     lambda d, position=position: self.outbound(d, position))
+        return result
+
+    def voided(self, event_ids: list[str], position: int) -> set[str]:
+        """Those of `event_ids` voided by an event at or before `position`."""
+        rows = self._rows(select(voids.c.voided_event_id).join(events, events.c.event_id == voids.c.void_event_id)
+                          .where(events.c.position <= position), voids.c.voided_event_id, event_ids)
+        return {row.voided_event_id for row in rows}
+
+    def declarations(self, batch_ids: list[str], position: int, kinds: dict) -> list[Declaration]:
+        rows = self._rows(select(pj_declarations).where(pj_declarations.c.generation == self.declarations_generation,
+                                                        pj_declarations.c.position <= position),
+                          pj_declarations.c.batch_id, batch_ids)
+        withdrawn = self.voided([row.event_id for row in rows if row.voided_by], position)
+        return sorted((Declaration(row.event_id, row.batch_id, row.position,
+                                   kinds[row.batch_id].origin_country if row.batch_id in kinds else None,
+                                   json.loads(row.data))
+                       for row in rows if row.event_id not in withdrawn), key=lambda d: d.position)
+
+    def outbound(self, declaration: Declaration, position: int) -> list[tuple[Event, int]]:
+        """Moves out of the declared batch's origin country (by a holder there, to anywhere
+        else) after the declaration, across the batches it governs, each with the declared
+        material's mass in it."""
+        key = f"{declaration.event_id}@{position}"
+        if key not in self._outbound:
+            governed = {declaration.batch_id: Decimal(1)}
+            governed.update({r.batch_id: Decimal(r.share) for r in self.conn.execute(
+                select(pj_shares.c.batch_id, pj_shares.c.share).where(
+                    pj_shares.c.generation == self.shares_generation, pj_shares.c.ancestor == declaration.batch_id))
+                if Decimal(r.share) >= self.config.de_minimis})
+            rows = self._rows(select(events.c.event_id, events.c.type, events.c.batch_id, events.c.actor,
+                                     events.c.occurred_at, events.c.position, events.c.data, events.c.effects)
+                              .where(events.c.type.in_(("custody.shipped", "custody.exported")),
+                                     events.c.position > declaration.position, events.c.position <= position),
+                              events.c.batch_id, list(governed))
+            voided = self.voided([r.event_id for r in rows], position)
+            moves = []
+            for event in sorted((_event(r) for r in rows if r.event_id not in voided), key=lambda e: e.position):
+                destination = (event.data.get("destination_country") or self.countries.get(event.data.get("to_party"))
+                               if event.type == "custody.shipped" else event.data["to_country"])
+                if destination == declaration.origin_country or \
+                        self.countries.get(event.actor) != declaration.origin_country:
+                    continue
+                moved = sum(-delta for b, party, delta in event.effects.get("holdings", ())
+                            if b == event.batch_id and party == event.actor and delta < 0)
+                moves.append((event, int(Decimal(moved) * governed[event.batch_id])))
+            self._outbound[key] = moves
+        return self._outbound[key]
+
+    def family(self, batch_ids: Iterable[str]) -> set[str]:
+        """The batches and every batch up- or downstream of them, through every lineage edge
+        ever recorded (voided ones too: a void changes what lies on both sides of it)."""
+        seen, frontier = set(batch_ids), set(batch_ids)
+        while frontier:
+            nearby = self._rows(select(lineage.c.parent, lineage.c.child), lineage.c.parent, list(frontier))
+            nearby += self._rows(select(lineage.c.parent, lineage.c.child), lineage.c.child, list(frontier))
+            frontier = {b for row in nearby for b in (row.parent, row.child)} - seen
+            seen |= frontier
+        return seen
+
+    def _rows(self, query, column, keys: list) -> list:
+        found = []
+        for start in range(0, len(keys), CHUNK):
+            found.extend(self.conn.execute(query.where(column.in_(keys[start:start + CHUNK]))).all())
+        return found
+
+
+def _event(row) -> Event:
+    return Event(row.event_id, row.type, row.batch_id, row.actor, parse_time(row.occurred_at), row.position,
+                 json.loads(row.data), json.loads(row.effects))
+
+
+def touched_batches(source: FactSource, new_events: Iterable) -> set[str]:
+    """The batches whose findings the events may change."""
+    touched, families = set(), set()
+    for event in new_events:
+        touched.add(event.batch_id)
+        touched.update(part["batch_id"] for part in event.data.get("inputs", ()))
+        touched.update(part["batch_id"] for part in event.data.get("children", ()))
+        if event.type in ("enduse.declared", "event.voided"):
+            families.add(event.batch_id)
+    return touched | (source.family(families) if families else set())
+
+
+class Findings(Projection):
+    """Every standing finding of the rules that do not depend on the time of asking."""
+
+    name = "findings"
+    version = 1
+    tables = (pj_findings,)
+    requires = ("batch_state", "shares")
+
+    def __init__(self, config: RuleConfig | None = None):
+        self.config = config or RuleConfig()
+
+    def apply(self, conn: Connection, generation: int, new_events) -> None:
+        source = FactSource(conn, self.config, serving_generations(conn))
+        touched = sorted(touched_batches(source, (event for event, _ in new_events)))
+        position = new_events[-1][0].position
+        findings = list(source.judge(touched, position))
+        for start in range(0, len(touched), CHUNK):
+            conn.execute(delete(pj_findings).where(and_(pj_findings.c.generation == generation,
+                                                        pj_findings.c.batch_id.in_(touched[start:start + CHUNK]))))
+        rows = {f.finding_id: finding_row(f, generation) for f in findings}
+        recorder_for(conn).write([Write("pj_findings", list(rows.values()))])
+
+
+def finding_row(finding: Finding, generation: int) -> dict:
+    return {"generation": generation, "finding_id": finding.finding_id, "batch_id": finding.batch_id,
+            "rule": finding.rule, "category": finding.category, "severity": finding.severity,
+            "licence_id": finding.licence_id, "declaration_id": finding.declaration_id, "message": finding.message,
+            "evidence": json.dumps(list(finding.evidence)), "position": finding.position}
+
+
+def finding_from_row(row) -> Finding:
+    return Finding(row.rule, row.batch_id, row.message, tuple(json.loads(row.evidence)), row.position,
+                   row.licence_id, row.declaration_id)
