@@ -236,12 +236,15 @@ class Audits:
     def summary(report: dict) -> dict:
         return {key: value for key, value in report.items() if key not in ("new_findings", "resolved_findings")}
 
+    def findings_of(self, audit_id: str) -> list[dict]:
+        """Every finding an audit reported, in position order."""
+        return json.loads(self._row(audit_id).findings or "[]")
+
     def findings_csv(self, audit_id: str) -> str:
-        row = self._row(audit_id)
         out = io.StringIO()
         writer_ = csv.writer(out)
         writer_.writerow(CSV_COLUMNS)
-        for finding in json.loads(row.findings or "[]"):
+        for finding in self.findings_of(audit_id):
             writer_.writerow([" ".join(finding[c]) if c == "evidence" else finding[c] for c in CSV_COLUMNS])
         return out.getvalue()
 

@@ -50,6 +50,27 @@ def test_bad_usage_and_bad_configuration_exit_2_naming_the_problem(tmp_path):
 def test_every_command_has_help():
     for command in (["--help"], ["serve", "--help"], ["db", "upgrade", "--help"], ["party", "add", "--help"],
                     ["worker", "--help"], ["scheduler", "--help"], ["projections", "rebuild", "--help"],
-                    ["projections", "status", "--help"]):
+                    ["projections", "status", "--help"], ["audit", "--help"], ["demo", "--help"],
+                    ["checkpoint", "--help"], ["export", "--help"], ["verify", "--help"]):
         result = magledger(*command, env={})
         assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_demo_tells_the_story_and_audit_reports_it(tmp_path):
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "LEDGER_SIGNING_KEY": str(tmp_path / "key")}
+    story = magledger("demo", env=env, timeout=120).stdout
+    lines = {line.split()[0]: line.split()[1] for line in story.splitlines()
+             if line.startswith(("CN-BTM-", "IN-PTM-", "IN-CHA-"))}
+    verdicts = sorted(lines.items())
+    assert [v for b, v in verdicts if b.startswith("IN-CHA-CAR")] == ["clear"], story
+    assert [v for b, v in verdicts if b.startswith("IN-PTM-MOTORS")] == ["diverted"], story
+    assert sorted(v for b, v in verdicts if b.startswith("CN-BTM-")) == ["clear", "diverted", "diverted", "diverted"]
+    assert "destination_not_permitted    2" in story
+
+    report = json.loads(magledger("audit", env=env).stdout)
+    assert report["scope"] == "incremental" and report["status"] == "finished"
+    assert report["counts"]["destination_not_permitted"] == 2 and len(report["diverted_batches"]) == 4
+    full = json.loads(magledger("audit", "--full", env=env).stdout)
+    assert full["counts"] == report["counts"] and full["new_findings"] == [] == full["resolved_findings"]
+    rows = magledger("audit", "--format", "csv", env=env).stdout.splitlines()
+    assert rows[0].startswith("finding_id,rule,category") and len(rows) == 1 + full["findings_total"]

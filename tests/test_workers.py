@@ -204,3 +204,22 @@ def test_a_worker_signs_the_scheduled_checkpoint(postgres_url, private_redis, tm
     assert signed is not None and signed.tree_size == 3
     assert signed.root_hash == ledger.checkpoints.make().root_hash
     ledger.close()
+
+
+def test_an_audit_requested_over_http_is_run_by_a_worker(postgres_url, private_redis, tmp_path):
+    server = start_server(postgres_url, tmp_path / "server.log", {"REDIS_URL": private_redis.url})
+    worker = start_worker(server.env, tmp_path / "worker.log")
+    try:
+        auditor = server.add_party("audit-co", "IN", "auditor")
+        started = server.request("POST", "/v1/audits", auditor, json={"scope": "full"})
+        assert started.status_code == 202 and started.json()["status"] in ("queued", "running", "finished")
+        audit_id = started.json()["audit_id"]
+
+        def finished():
+            return server.request("GET", f"/v1/audits/{audit_id}", auditor).json()["status"] == "finished"
+
+        assert wait_until(finished, timeout=60), (tmp_path / "worker.log").read_text()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        stop_server(server)
