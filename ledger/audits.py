@@ -191,23 +191,41 @@ class Audits:
     def _diverted_batches(self, conn: Connection, found: list[Finding]) -> list[str]:
         """The batches whose verdict a standing diversion makes `diverted`: the batch it stands
         against and every ancestor of it (with a share of at least de minimis) that the
-        declaration governs."""
+        declaration governs. In bulk: an audit may carry thousands of diversions."""
         generations = serving_generations(conn)
         threshold = self.config.de_minimis
+        diversions = [f for f in found if f.category == "diversion" and f.declaration_id is not None]
+        if not diversions:
+            return []
+        declared = dict(self._in(conn, select(pj_declarations.c.event_id, pj_declarations.c.batch_id).where(
+            pj_declarations.c.generation == generations.get("batch_state", 0)), pj_declarations.c.event_id,
+            {f.declaration_id for f in diversions}))
+        shares: dict[tuple[str, str], Decimal] = {}
+        shares_query = select(pj_shares.c.batch_id, pj_shares.c.ancestor, pj_shares.c.share).where(
+            pj_shares.c.generation == generations.get("shares", 0))
+        for batch_id, ancestor, share in self._in(conn, shares_query, pj_shares.c.batch_id,
+                                                  {f.batch_id for f in diversions}):
+            shares[(batch_id, ancestor)] = Decimal(share)
+        candidates = {f.batch_id: [f.batch_id, *(a for (b, a), s in shares.items() if b == f.batch_id and s >= threshold)]
+                      for f in diversions}
+        everyone = {c for group in candidates.values() for c in group}
+        for batch_id, ancestor, share in self._in(conn, shares_query.where(
+                pj_shares.c.ancestor.in_(set(declared.values()))), pj_shares.c.batch_id, everyone):
+            shares[(batch_id, ancestor)] = Decimal(share)
         diverted = set()
-        for finding in found:
-            if finding.category != "diversion" or finding.declaration_id is None:
-                continue
-            declared = conn.execute(select(pj_declarations.c.batch_id).where(
-                pj_declarations.c.generation == generations.get("batch_state", 0),
-                pj_declarations.c.event_id == finding.declaration_id)).scalar()
-            upstream = Diversion._shares_of(conn, generations, finding.batch_id)
-            candidates = [finding.batch_id, *(a for a, s in upstream.items() if s >= threshold)]
-            for candidate in candidates:
-                if candidate == declared or Diversion._shares_of(conn, generations, candidate).get(
-                        declared, Decimal(0)) >= threshold:
+        for finding in diversions:
+            origin = declared.get(finding.declaration_id)
+            for candidate in candidates[finding.batch_id]:
+                if candidate == origin or shares.get((candidate, origin), Decimal(0)) >= threshold:
                     diverted.add(candidate)
         return sorted(diverted)
+
+    @staticmethod
+    def _in(conn: Connection, query, column, keys) -> list:
+        keys, rows = sorted(keys), []
+        for start in range(0, len(keys), 500):
+            rows.extend(conn.execute(query.where(column.in_(keys[start:start + 500]))).all())
+        return rows
 
     # --- reading -------------------------------------------------------------------------
 

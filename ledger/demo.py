@@ -80,9 +80,9 @@ def run_demo(ledger: Ledger) -> str:
         verdict = ledger.diversion.verdict(batch_id)
         rules = sorted({f["rule"] for f in verdict["findings"]})
         lines.append(f"{batch_id:<32} {verdict['verdict']:<9} {', '.join(rules) or '-'}")
-    lines += ["", f"audit {report['audit_id']} ({report['scope']}) as of position {report['as_of_position']}: "
-                  f"{report['batches_checked']} batches checked, {report['findings_total']} findings",
-              f"{'rule':<28} findings"]
+    summary = (f"audit {report['audit_id']} ({report['scope']}) as of position {report['as_of_position']}: "
+               f"{report['batches_checked']} batches checked, {report['findings_total']} findings")
+    lines += ["", summary, f"{'rule':<28} findings"]
     lines += [f"{rule:<28} {count}" for rule, count in report["counts"].items()]
     ours = [b for b in report["diverted_batches"] if tag in b]
     lines += ["", "diverted: " + (", ".join(ours) or "none")]

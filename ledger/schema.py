@@ -89,6 +89,7 @@ shipments = Table(
     Column("destination_country", String(2), nullable=False),
     Column("status", String(16), nullable=False),
     Column("shipped_event_id", String(36), nullable=False),
+    Index("ix_shipments_batch", "batch_id", "status"),
 )
 
 lineage = Table(

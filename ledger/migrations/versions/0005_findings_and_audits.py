@@ -31,6 +31,7 @@ def upgrade() -> None:
     op.create_index("ix_pj_findings_batch", "pj_findings", ["generation", "batch_id"])
     op.create_index("ix_pj_findings_rule", "pj_findings", ["generation", "rule", "position"])
     op.create_index("ix_pj_shares_ancestor", "pj_shares", ["generation", "ancestor"])
+    op.create_index("ix_shipments_batch", "shipments", ["batch_id", "status"])
     op.create_table(
         "audits",
         sa.Column("audit_id", sa.String(36), primary_key=True),
@@ -50,4 +51,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("audits")
     op.drop_index("ix_pj_shares_ancestor", "pj_shares")
+    op.drop_index("ix_shipments_batch", "shipments")
     op.drop_table("pj_findings")
