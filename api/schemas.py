@@ -100,6 +100,7 @@ class StreamArgs(Schema):
 class BatchListArgs(BatchArgs):
     holder = fields.String(load_default=None)
     country = fields.String(load_default=None)
+    verdict = fields.String(load_default=None, validate=validate.OneOf(["clear", "at_risk", "diverted"]))
     cursor = fields.String(load_default=None)
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 

@@ -62,6 +62,33 @@ class Diversion:
                 pj_declarations.c.voided_by.is_(None)))}
         return verdict_of(batch_id, findings, governing, position)
 
+    def with_verdict(self, batch_ids: list[str], verdict: str) -> list[str]:
+        """Those of `batch_ids` whose verdict is `verdict`. Only a batch with a finding against
+        it, against a descendant, or on an open shipment of either can be other than clear,
+        so the full verdict is computed for those alone."""
+        if not batch_ids:
+            return []
+        with self._reads.connect() as conn:
+            generations = serving_generations(conn)
+            found = set(conn.execute(select(pj_findings.c.batch_id).where(
+                pj_findings.c.generation == generations.get("findings", 0),
+                pj_findings.c.batch_id.in_(batch_ids))).scalars())
+            found |= set(conn.execute(select(shipments.c.batch_id).where(
+                shipments.c.status == "open", shipments.c.batch_id.in_(batch_ids))).scalars())
+            downstream = conn.execute(select(pj_shares.c.ancestor, pj_shares.c.batch_id, pj_shares.c.share).where(
+                pj_shares.c.generation == generations.get("shares", 0), pj_shares.c.ancestor.in_(batch_ids))).all()
+            marked = {r.batch_id for r in downstream if Decimal(r.share) >= self.config.de_minimis}
+            if marked:
+                marked = set(conn.execute(select(pj_findings.c.batch_id).where(
+                    pj_findings.c.generation == generations.get("findings", 0),
+                    pj_findings.c.batch_id.in_(marked))).scalars()) | set(conn.execute(
+                    select(shipments.c.batch_id).where(shipments.c.status == "open",
+                                                       shipments.c.batch_id.in_(marked))).scalars())
+            found |= {r.ancestor for r in downstream if r.batch_id in marked
+                      and Decimal(r.share) >= self.config.de_minimis}
+        verdicts = {b: self.verdict(b)["verdict"] for b in found}
+        return [b for b in batch_ids if verdicts.get(b, "clear") == verdict]
+
     def findings(self, rule: str | None = None, category: str | None = None, batch_id: str | None = None,
                  after: int = 0, limit: int = 100) -> tuple[list[Finding], int]:
         """Standing findings in position order (then id), after a position; the time-based

@@ -97,3 +97,22 @@ def test_an_audit_runs_in_the_request_and_answers_as_json_and_csv(live_server, k
     assert older["items"][0]["audit_id"] == audit["audit_id"]
     assert_problem(live_server.request("GET", "/v1/audits/no-such-audit", keys["auditor"]), 404)
     assert_problem(live_server.request("POST", "/v1/audits", keys["auditor"], json={"scope": "partial"}), 422, "scope")
+
+
+def test_batches_filter_by_verdict(live_server, keys):
+    lot, _ = diverted_lot(live_server, keys)
+    clean = unique("LOT")
+    live_server.request("POST", "/v1/events", keys["maker"], json={"events": [registered(clean), declared(clean)]})
+
+    def first(verdict: str, near: str) -> str | None:
+        answer = live_server.request("GET", f"/v1/batches?verdict={verdict}&limit=1&cursor={near[:-1]}",
+                                     keys["auditor"])
+        assert answer.status_code == 200, answer.text
+        items = answer.json()["items"]
+        return items[0]["batch_id"] if items else None
+
+    assert first("diverted", lot) == lot
+    assert first("clear", lot) != lot
+    assert first("clear", clean) == clean
+    assert first("diverted", clean) != clean
+    assert_problem(live_server.request("GET", "/v1/batches?verdict=bad", keys["auditor"]), 422, "verdict")

@@ -179,6 +179,8 @@ def test_governance_holds_exactly_at_the_de_minimis_share(ledger, cast, magnet_k
     post(ledger, cast["motors"], event("custody.exported", product, {"to_country": "US", "customs_ref": unique("SB")}))
     assert rules_on(ledger, product) == (["destination_not_permitted"] if governed else [])
     assert ledger.diversion.verdict(lot)["verdict"] == ("diverted" if governed else "clear")
+    assert ledger.diversion.with_verdict([lot, product], "diverted") == ([lot, product] if governed else [])
+    assert ledger.diversion.with_verdict([lot, product], "clear") == ([] if governed else [lot, product])
 
 
 def test_voiding_the_event_a_finding_rests_on_withdraws_it(ledger, cast):

@@ -19,6 +19,7 @@ from ledger.errors import Forbidden, NotFound, Unavailable
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches, from the projections")
 
 MIN_POSITION_WAIT_SECONDS = 5
+VERDICT_SCAN_PAGE = 500
 
 
 def _ledger():
@@ -62,10 +63,23 @@ def get_batch(args, batch_id):
 @blp.arguments(BatchListArgs, location="query")
 @blp.response(200, BatchPage)
 def list_batches(args):
-    """Batches, filtered by current holder or origin country (regulators and auditors)."""
+    """Batches, filtered by current holder, origin country or verdict (regulators and auditors)."""
     _wait(args["min_position"])
-    items, position = _ledger().views.batches(holder=args["holder"], country=args["country"],
-                                              after=args["cursor"], limit=args["limit"])
+    ledger = _ledger()
+    if args["verdict"] is None:
+        items, position = ledger.views.batches(holder=args["holder"], country=args["country"],
+                                               after=args["cursor"], limit=args["limit"])
+    else:
+        items, position, cursor = [], 0, args["cursor"]
+        while len(items) < args["limit"]:
+            page, position = ledger.views.batches(holder=args["holder"], country=args["country"], after=cursor,
+                                                  limit=VERDICT_SCAN_PAGE)
+            keep = set(ledger.diversion.with_verdict([b["batch_id"] for b in page], args["verdict"]))
+            items += [b for b in page if b["batch_id"] in keep]
+            if len(page) < VERDICT_SCAN_PAGE:
+                break
+            cursor = page[-1]["batch_id"]
+        items = items[:args["limit"]]
     return _answer({"items": items, "next": items[-1]["batch_id"] if len(items) == args["limit"] else None,
                     "as_of_position": position})
 
