@@ -87,6 +87,13 @@ class Health(Schema):
     status = fields.String(required=True)
 
 
+class Readiness(Schema):
+    status = fields.String(required=True, metadata={"description": "ready or not ready"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    head = fields.Integer()
+    projection_lag = fields.Integer(metadata={"description": "events the slowest projection is behind"})
+
+
 class BatchArgs(Schema):
     min_position = fields.Integer(load_default=None, validate=validate.Range(min=0))
 

@@ -180,3 +180,11 @@ def test_directory_health_and_openapi(live_server, keys):
     assert {"/v1/events", "/v1/events/{event_id}", "/v1/parties"} <= set(spec["paths"])
     assert "DataBatchRegistered" in spec["components"]["schemas"]
     assert live_server.request("GET", "/docs").status_code == 200
+
+
+def test_readyz_checks_the_database_and_reports_projection_lag(live_server):
+    answer = live_server.request("GET", "/readyz")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["status"] == "ready" and body["checks"] == {"database": "ok"}
+    assert body["head"] >= 0 and body["projection_lag"] == 0

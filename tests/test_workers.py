@@ -223,3 +223,15 @@ def test_an_audit_requested_over_http_is_run_by_a_worker(postgres_url, private_r
         worker.terminate()
         worker.wait(timeout=30)
         stop_server(server)
+
+
+def test_readyz_fails_while_redis_is_down(postgres_url, private_redis, tmp_path):
+    server = start_server(postgres_url, tmp_path / "server.log", {"REDIS_URL": private_redis.url})
+    try:
+        ready = server.request("GET", "/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+        private_redis.stop()
+        down = server.request("GET", "/readyz")
+        assert down.status_code == 503 and down.json()["checks"]["redis"] == "unreachable"
+    finally:
+        stop_server(server)

@@ -1,13 +1,51 @@
+import logging
+
+from flask import current_app
 from flask_smorest import Blueprint
+from sqlalchemy.exc import SQLAlchemyError
 
-from api.schemas import Health
+from api.schemas import Health, Readiness
 
-blp = Blueprint("health", __name__, description="Liveness")
+blp = Blueprint("health", __name__, description="Liveness and readiness")
+log = logging.getLogger("magledger.api")
 
 
 @blp.route("/healthz")
 @blp.response(200, Health)
 @blp.doc(security=[])
 def healthz():
-    """The process is up (it does not check the database; /readyz will)."""
+    """The process is up (it does not check the database; /readyz does)."""
     return {"status": "ok"}
+
+
+@blp.route("/readyz")
+@blp.response(200, Readiness)
+@blp.alt_response(503, schema=Readiness, description="The database, or Redis when configured, is not reachable.")
+@blp.doc(security=[])
+def readyz():
+    """Whether this process can serve: the database answers, Redis answers when it is
+    configured, and how far the projections are behind the log (reported, not failed on:
+    appends still work while they catch up)."""
+    ledger = current_app.extensions["magledger"]
+    checks, body = {}, {}
+    try:
+        head = ledger.store.last_position()
+        body["projection_lag"] = max(head - ledger.projections.position(), 0)
+        body["head"] = head
+        checks["database"] = "ok"
+    except SQLAlchemyError as error:
+        log.warning("readiness: database unreachable: %s", error)
+        checks["database"] = "unreachable"
+    if ledger.settings.redis_url:
+        from redis import RedisError
+
+        from workers.runner import connect
+
+        try:
+            connect(ledger.settings).ping()
+            checks["redis"] = "ok"
+        except RedisError as error:
+            log.warning("readiness: redis unreachable: %s", error)
+            checks["redis"] = "unreachable"
+    ready = all(state == "ok" for state in checks.values())
+    return {"status": "ready" if ready else "not ready", "checks": checks, **body}, 200 if ready else 503
