@@ -87,6 +87,8 @@ class ProjectionEngine:
                                 .where(or_(*(and_(projection_state.c.name == name,
                                                   projection_state.c.generation == generation)
                                              for name, generation in targets)))
+                                # One lock order for every catch-up, whatever projections it names.
+                                .order_by(projection_state.c.name, projection_state.c.generation)
                                 .with_for_update()).all()
             positions = {(row.name, row.generation): row.position for row in rows}
             start = min(positions.values())
