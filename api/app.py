@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from api import problems
+from api import metrics, problems
 from api.routes import audits, batches, events, health, parties
 from api.routes import ledger as ledger_routes
 from ledger.config import Settings
@@ -44,6 +44,7 @@ def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -
     app.extensions["magledger_after_append"] = _after_append(ledger)
     app.extensions["magledger_run_audit"] = _audit_runner(ledger)
     problems.install(app)
+    metrics.install(app, ledger)
     return app
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 from gunicorn.app.base import BaseApplication
 
 from ledger.config import Settings
@@ -23,8 +26,18 @@ class _Gunicorn(BaseApplication):
         return create_app(settings=self.settings)
 
 
+def _process_exited(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def run(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:
+    # Metrics counted in each worker process are added up at scrape time from files here.
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="magledger-metrics-")
     _Gunicorn(settings, {
+        "child_exit": _process_exited,
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,

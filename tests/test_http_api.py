@@ -188,3 +188,21 @@ def test_readyz_checks_the_database_and_reports_projection_lag(live_server):
     body = answer.json()
     assert body["status"] == "ready" and body["checks"] == {"database": "ok"}
     assert body["head"] >= 0 and body["projection_lag"] == 0
+
+
+def test_metrics_count_requests_across_processes_and_read_the_ledger(live_server, keys):
+    for _ in range(6):
+        live_server.request("GET", "/healthz")
+    live_server.request("POST", "/v1/events", keys["maker"], json=registered(unique()))
+    answer = live_server.request("GET", "/metrics")
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    lines = answer.text.splitlines()
+
+    def value(prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+    assert value('magledger_http_requests_total{method="GET",route="/healthz",status="200"}') >= 6
+    assert value('magledger_http_requests_total{method="POST",route="/v1/events",status="201"}') >= 1
+    assert value("magledger_append_seconds_count") >= 1
+    assert value("magledger_log_head ") >= 1
+    assert 'magledger_projection_lag{projection="findings"} 0.0' in lines

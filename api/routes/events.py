@@ -4,6 +4,7 @@ from flask import current_app, request
 from flask_smorest import Blueprint
 
 from api.auth import current_party, requires
+from api.metrics import APPENDS
 from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
 from ledger.errors import Invalid, NotFound
 from ledger.events import loads, parse_post
@@ -39,7 +40,8 @@ def post_events():
     except ValueError as error:
         raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
     new_events, is_batch = parse_post(body, ledger.store.clock(), ledger.settings.max_events_per_post)
-    result = ledger.store.append(current_party(), new_events, is_batch)
+    with APPENDS.time():
+        result = ledger.store.append(current_party(), new_events, is_batch)
     if result.created:
         try:
             current_app.extensions["magledger_after_append"]()
