@@ -9,6 +9,7 @@ from api import metrics, problems
 from api.routes import audits, batches, events, health, parties
 from api.routes import ledger as ledger_routes
 from ledger.config import Settings
+from ledger.errors import Unavailable
 from ledger.events import DATA_SCHEMAS
 from ledger.services import Ledger
 
@@ -61,9 +62,19 @@ def _after_append(ledger: Ledger):
 def _audit_runner(ledger: Ledger):
     """With Redis, a worker runs the audit; without it, the request does."""
     if ledger.settings.redis_url:
+        from redis import RedisError
+
         from workers.runner import enqueue_audit
 
-        return lambda audit_id: enqueue_audit(ledger.settings, audit_id)
+        def enqueue(audit_id: str) -> None:
+            try:
+                enqueue_audit(ledger.settings, audit_id)
+            except RedisError as error:
+                ledger.audits.fail(audit_id, f"could not be queued: {error}")
+                raise Unavailable("The audit could not be queued: the job queue is unreachable. "
+                                  "Retry later.") from None
+
+        return enqueue
     return ledger.audits.run
 
 

@@ -15,10 +15,8 @@ import time
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.schema import pj_findings, projection_state
 from ledger.services import Ledger
 
 log = logging.getLogger("magledger.api")
@@ -39,11 +37,7 @@ class LedgerCollector:
         try:
             head = self.ledger.store.last_position()
             positions = self.ledger.projections.positions()
-            with self.ledger.engine.connect() as conn:
-                generation = conn.execute(select(projection_state.c.generation).where(
-                    projection_state.c.name == "findings", projection_state.c.status == "serving")).scalar()
-                findings = conn.execute(select(pj_findings.c.rule, func.count()).where(
-                    pj_findings.c.generation == generation).group_by(pj_findings.c.rule)).all()
+            findings = self.ledger.diversion.counts()
         except SQLAlchemyError as error:
             log.warning("metrics: database unreachable: %s", error)
             return
@@ -55,7 +49,7 @@ class LedgerCollector:
         yield lag
         by_rule = GaugeMetricFamily("magledger_findings", "Standing findings by rule (time-independent rules)",
                                     labels=["rule"])
-        for rule, count in findings:
+        for rule, count in findings.items():
             by_rule.add_metric([rule], count)
         yield by_rule
         if self.ledger.settings.redis_url:

@@ -19,7 +19,6 @@ import io
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from decimal import Decimal
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
@@ -28,7 +27,7 @@ from ledger.db import reader, writer
 from ledger.errors import Invalid, NotFound
 from ledger.events import Clock, format_time, utc_now
 from ledger.projections.engine import ProjectionEngine
-from ledger.projections.findings import FactSource, finding_from_row, serving_generations
+from ledger.projections.findings import FactSource, finding_from_row, rows_in, serving_generations
 from ledger.rules import Finding, RuleConfig, unreceived_shipments
 from ledger.schema import audits, batches, events, pj_declarations, pj_findings, pj_shares, shipments
 
@@ -92,7 +91,8 @@ class Diversion:
     def findings(self, rule: str | None = None, category: str | None = None, batch_id: str | None = None,
                  after: int = 0, limit: int = 100) -> tuple[list[Finding], int]:
         """Standing findings in position order (then id), after a position; the time-based
-        ones are judged now and listed with the position of the shipment."""
+        ones are judged now and listed with the position of the shipment. A page holds at
+        least `limit` findings when there are that many, and never splits a position."""
         with self._reads.connect() as conn:
             generations = serving_generations(conn)
             query = select(pj_findings).where(pj_findings.c.generation == generations.get("findings", 0),
@@ -107,8 +107,24 @@ class Diversion:
                 query.order_by(pj_findings.c.position, pj_findings.c.finding_id).limit(limit))]
             if rule in (None, "unreceived_shipment") and category in (None, "integrity"):
                 found += [f for f in self.unreceived(conn, [batch_id] if batch_id else None) if f.position > after]
-        found.sort(key=lambda f: (f.position, f.finding_id))
-        return found[:limit], self.projections.positions().get("findings", 0)
+            found.sort(key=lambda f: (f.position, f.finding_id))
+            if len(found) >= limit:
+                # A full page ends with every finding of its last position, so that `after` set
+                # to that position loses none (one event can break several rules).
+                last = found[limit - 1].position
+                kept = {f.finding_id: f for f in found if f.position <= last}
+                for row in conn.execute(query.where(pj_findings.c.position == last)):
+                    kept.setdefault(row.finding_id, finding_from_row(row))
+                found = sorted(kept.values(), key=lambda f: (f.position, f.finding_id))
+        return found, self.projections.positions().get("findings", 0)
+
+    def counts(self) -> dict[str, int]:
+        """Standing findings of the projection by rule (the time-based rule excluded)."""
+        with self._reads.connect() as conn:
+            generation = serving_generations(conn).get("findings", 0)
+            return dict(conn.execute(select(pj_findings.c.rule, func.count())
+                                     .where(pj_findings.c.generation == generation)
+                                     .group_by(pj_findings.c.rule)).all())
 
     def unreceived(self, conn: Connection, batch_ids: list[str] | None = None) -> list[Finding]:
         query = (select(shipments.c.batch_id, shipments.c.shipment_ref, shipments.c.shipped_event_id,
@@ -168,7 +184,7 @@ class Audits:
                                                requested_by=requested_by, requested_at=format_time(self.clock())))
         return self.get(audit_id)
 
-    def run(self, audit_id: str, on_progress: Callable[[int], None] | None = None) -> dict:
+    def run(self, audit_id: str) -> dict:
         """Judge, store the report and its diff against the previous finished audit."""
         audit = self._row(audit_id)
         started = format_time(self.clock())
@@ -194,7 +210,7 @@ class Audits:
             self._update(audit_id, status="finished", finished_at=report["finished_at"], as_of_position=position,
                          report=json.dumps(report), findings=json.dumps(findings))
         except Exception as error:
-            self._update(audit_id, status="failed", finished_at=format_time(self.clock()), error=str(error))
+            self.fail(audit_id, str(error))
             raise
         return self.get(audit_id)
 
@@ -224,19 +240,19 @@ class Audits:
         diversions = [f for f in found if f.category == "diversion" and f.declaration_id is not None]
         if not diversions:
             return []
-        declared = dict(self._in(conn, select(pj_declarations.c.event_id, pj_declarations.c.batch_id).where(
+        declared = dict(rows_in(conn, select(pj_declarations.c.event_id, pj_declarations.c.batch_id).where(
             pj_declarations.c.generation == generations.get("batch_state", 0)), pj_declarations.c.event_id,
             {f.declaration_id for f in diversions}))
         shares: dict[tuple[str, str], Decimal] = {}
         shares_query = select(pj_shares.c.batch_id, pj_shares.c.ancestor, pj_shares.c.share).where(
             pj_shares.c.generation == generations.get("shares", 0))
-        for batch_id, ancestor, share in self._in(conn, shares_query, pj_shares.c.batch_id,
+        for batch_id, ancestor, share in rows_in(conn, shares_query, pj_shares.c.batch_id,
                                                   {f.batch_id for f in diversions}):
             shares[(batch_id, ancestor)] = Decimal(share)
         candidates = {f.batch_id: [f.batch_id, *(a for (b, a), s in shares.items() if b == f.batch_id and s >= threshold)]
                       for f in diversions}
         everyone = {c for group in candidates.values() for c in group}
-        for batch_id, ancestor, share in self._in(conn, shares_query.where(
+        for batch_id, ancestor, share in rows_in(conn, shares_query.where(
                 pj_shares.c.ancestor.in_(set(declared.values()))), pj_shares.c.batch_id, everyone):
             shares[(batch_id, ancestor)] = Decimal(share)
         diverted = set()
@@ -247,26 +263,18 @@ class Audits:
                     diverted.add(candidate)
         return sorted(diverted)
 
-    @staticmethod
-    def _in(conn: Connection, query, column, keys) -> list:
-        keys, rows = sorted(keys), []
-        for start in range(0, len(keys), 500):
-            rows.extend(conn.execute(query.where(column.in_(keys[start:start + 500]))).all())
-        return rows
-
     # --- reading -------------------------------------------------------------------------
 
     def get(self, audit_id: str) -> dict:
-        row = self._row(audit_id)
-        if row.report:
-            return json.loads(row.report)
-        return {"audit_id": row.audit_id, "scope": row.scope, "status": row.status, "requested_by": row.requested_by,
-                "started_at": row.started_at, "finished_at": row.finished_at, "as_of_position": row.as_of_position,
-                "error": row.error}
+        return _described(self._row(audit_id))
+
+    def fail(self, audit_id: str, reason: str) -> None:
+        """An audit that failed, or could not be queued; the reason is kept with it."""
+        self._update(audit_id, status="failed", finished_at=format_time(self.clock()), error=reason)
 
     def list(self, after: str | None = None, limit: int = 100) -> list[dict]:
         """Newest first: `after` is the requested_at/audit_id cursor of the last one seen."""
-        query = select(audits.c.audit_id, audits.c.requested_at)
+        query = select(audits)
         if after:
             stamp, _, audit_id = after.partition("|")
             query = query.where((audits.c.requested_at < stamp)
@@ -274,8 +282,7 @@ class Audits:
         with self._reads.connect() as conn:
             rows = conn.execute(query.order_by(audits.c.requested_at.desc(), audits.c.audit_id.desc())
                                 .limit(limit)).all()
-        return [self.summary(self.get(row.audit_id)) | {"cursor": f"{row.requested_at}|{row.audit_id}"}
-                for row in rows]
+        return [self.summary(_described(row)) | {"cursor": f"{row.requested_at}|{row.audit_id}"} for row in rows]
 
     @staticmethod
     def summary(report: dict) -> dict:
@@ -309,3 +316,12 @@ class Audits:
             conn.execute(update(audits).where(audits.c.audit_id == audit_id).values(**values))
 
 
+
+
+def _described(row) -> dict:
+    """A finished audit's stored report, or what is known of one queued, running or failed."""
+    if row.report:
+        return json.loads(row.report)
+    return {"audit_id": row.audit_id, "scope": row.scope, "status": row.status, "requested_by": row.requested_by,
+            "started_at": row.started_at, "finished_at": row.finished_at, "as_of_position": row.as_of_position,
+            "error": row.error}

@@ -176,37 +176,33 @@ def verify(export_path: str | None, checkpoint_path: str | None, vkey: str | Non
 
     settings = _settings()
     verifier = _verifier(vkey, settings)
-    ledger = None
-    try:
-        if export_path:
-            handle = open(export_path, encoding="utf-8")  # noqa: SIM115 - closed below, after streaming
-            header, envelopes = read_export(handle)
-            note = header["checkpoint"]["note"]
-        else:
-            from ledger.services import Ledger
+    with contextlib.ExitStack() as stack:
+        try:
+            if export_path:
+                header, envelopes = read_export(stack.enter_context(open(export_path, encoding="utf-8")))
+                note = header["checkpoint"]["note"]
+            else:
+                from ledger.services import Ledger
 
-            handle = None
-            ledger = Ledger.open(settings)
-            latest = ledger.checkpoints.latest()
-            if latest is None and not checkpoint_path:
-                raise click.UsageError("the database has no checkpoint yet; run magledger checkpoint first")
-            note = latest.note if latest else None
-            envelopes = stored_envelopes(ledger.store)
-        if checkpoint_path:
-            with open(checkpoint_path, encoding="utf-8") as text:
-                note = text.read()
-        signed = load_checkpoint(note, verifier)
-        with click.progressbar(length=max(signed.tree_size, 1), label="verifying", file=sys.stderr) as bar:
-            outcome = verify_log(envelopes, signed, on_progress=bar.update)
-    except (BadCheckpoint, ValueError, KeyError) as error:
-        click.echo(json.dumps({"ok": False, "tree_size": None, "checked": 0, "position": None,
-                               "problem": f"bad checkpoint or export: {error}"}))
+                ledger = Ledger.open(settings)
+                stack.callback(ledger.close)
+                latest = ledger.checkpoints.latest()
+                if latest is None and not checkpoint_path:
+                    raise click.UsageError("the database has no checkpoint yet; run magledger checkpoint first")
+                note = latest.note if latest else None
+                envelopes = stored_envelopes(ledger.store)
+            if checkpoint_path:
+                with open(checkpoint_path, encoding="utf-8") as text:
+                    note = text.read()
+            signed = load_checkpoint(note, verifier)
+            with click.progressbar(length=max(signed.tree_size, 1), label="verifying", file=sys.stderr) as bar:
+                outcome = verify_log(envelopes, signed, on_progress=bar.update)
+        except (BadCheckpoint, ValueError, KeyError) as error:
+            outcome = None
+            problem = f"bad checkpoint or export: {error}"
+    if outcome is None:
+        click.echo(json.dumps({"ok": False, "tree_size": None, "checked": 0, "position": None, "problem": problem}))
         sys.exit(1)
-    finally:
-        if ledger is not None:
-            ledger.close()
-    if handle is not None:
-        handle.close()
     click.echo(json.dumps(outcome.describe()))
     if not outcome.ok:
         sys.exit(1)

@@ -147,7 +147,8 @@ class Judgement:
 # --- the rules, one unit each --------------------------------------------------------------
 
 
-def _destination(event: Event, countries: dict[str, str]) -> str | None:
+def destination(event: Event, countries: dict[str, str]) -> str | None:
+    """Where a shipment or export takes the batch; None for other events."""
     if event.type == "custody.shipped":
         return event.data.get("destination_country") or countries.get(event.data["to_party"])
     if event.type == "custody.exported":
@@ -157,13 +158,13 @@ def _destination(event: Event, countries: dict[str, str]) -> str | None:
 
 def destination_not_permitted(j: Judgement, event: Event) -> None:
     """Also `humanitarian_exemption`: the same breach under a humanitarian declaration."""
-    destination = _destination(event, j.facts.countries)
-    if destination is None:
+    going_to = destination(event, j.facts.countries)
+    if going_to is None:
         return
     for declaration in j.governing(event):
-        if destination not in declaration.permitted:
+        if going_to not in declaration.permitted:
             rule = "humanitarian_exemption" if declaration.data.get("humanitarian") else "destination_not_permitted"
-            j.add(rule, event, f"{event.type} to {destination}, outside licence {declaration.data['licence_id']} "
+            j.add(rule, event, f"{event.type} to {going_to}, outside licence {declaration.data['licence_id']} "
                                f"(permitted: {', '.join(sorted(declaration.permitted))})", declaration=declaration)
 
 
@@ -232,12 +233,12 @@ def declaration_expired(j: Judgement, event: Event) -> None:
 
 
 def undeclared_cross_border(j: Judgement, event: Event) -> None:
-    destination = _destination(event, j.facts.countries)
-    if destination is None or j.governing(event) or j.facts.controlled_share < j.config.de_minimis:
+    going_to = destination(event, j.facts.countries)
+    if going_to is None or j.governing(event) or j.facts.controlled_share < j.config.de_minimis:
         return
-    if destination != j.facts.countries.get(event.actor):
+    if going_to != j.facts.countries.get(event.actor):
         j.add("undeclared_cross_border", event, f"controlled batch ({j.facts.controlled_share} registered material) "
-              f"moved to {destination} with no declaration governing it")
+              f"moved to {going_to} with no declaration governing it")
 
 
 def licensed_quantity_exceeded(j: Judgement, event: Event) -> None:

@@ -206,3 +206,4 @@ def test_metrics_count_requests_across_processes_and_read_the_ledger(live_server
     assert value("magledger_append_seconds_count") >= 1
     assert value("magledger_log_head ") >= 1
     assert 'magledger_projection_lag{projection="findings"} 0.0' in lines
+    assert "# TYPE magledger_findings gauge" in lines

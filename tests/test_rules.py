@@ -228,6 +228,7 @@ def test_audits_report_counts_diverted_batches_and_the_diff_against_the_previous
     first = ledger.audits.run(ledger.audits.request("incremental", "audit-co")["audit_id"])
     assert first["status"] == "finished" and first["counts"] == {"destination_not_permitted": 1}
     assert first["diverted_batches"] == [lot]
+    assert ledger.diversion.counts() == {"destination_not_permitted": 1}
     assert [f["rule"] for f in first["new_findings"]] == ["destination_not_permitted"]
     clock.advance(minutes=1)
     post(ledger, cast["maker"], event("event.voided", lot, {"voided_event_id": ship["event_id"],
@@ -238,3 +239,18 @@ def test_audits_report_counts_diverted_batches_and_the_diff_against_the_previous
     assert [f["rule"] for f in second["resolved_findings"]] == ["destination_not_permitted"]
     csv_text = ledger.audits.findings_csv(first["audit_id"])
     assert csv_text.splitlines()[0].startswith("finding_id,rule,category") and len(csv_text.splitlines()) == 2
+
+
+def test_a_page_of_findings_never_splits_one_position(ledger, cast):
+    """Two licences broken by one shipment: both findings share its position."""
+    lot = licensed_lot(ledger, cast)
+    post(ledger, cast["maker"], declared(lot, ("IN",), licence_id="LIC-2"))
+    ship = shipped(lot, unique("BL"), "detroit-motors", "10")
+    post(ledger, cast["maker"], ship)
+    post(ledger, cast["maker"], shipped(lot, unique("BL"), "detroit-motors", "10"))
+    ledger.projections.catch_up()
+    first, _ = ledger.diversion.findings(batch_id=lot, limit=1)
+    assert sorted(f.licence_id for f in first) == ["LIC-1", "LIC-2"]
+    assert len({f.position for f in first}) == 1 and ship["event_id"] in first[0].evidence
+    rest, _ = ledger.diversion.findings(batch_id=lot, after=first[0].position, limit=1)
+    assert len(rest) == 2 and all(f.position > first[0].position for f in rest)

@@ -235,3 +235,16 @@ def test_readyz_fails_while_redis_is_down(postgres_url, private_redis, tmp_path)
         assert down.status_code == 503 and down.json()["checks"]["redis"] == "unreachable"
     finally:
         stop_server(server)
+
+
+def test_an_audit_that_cannot_be_queued_answers_503_and_is_marked_failed(postgres_url, private_redis, tmp_path):
+    server = start_server(postgres_url, tmp_path / "server.log", {"REDIS_URL": private_redis.url})
+    try:
+        auditor = server.add_party("audit-co", "IN", "auditor")
+        private_redis.stop()
+        answer = server.request("POST", "/v1/audits", auditor, json={"scope": "full"})
+        assert answer.status_code == 503 and answer.headers["Retry-After"], answer.text
+        [audit] = server.request("GET", "/v1/audits", auditor).json()["items"]
+        assert audit["status"] == "failed" and "could not be queued" in audit["error"]
+    finally:
+        stop_server(server)

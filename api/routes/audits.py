@@ -16,11 +16,12 @@ def _ledger():
 @blp.arguments(FindingArgs, location="query")
 @blp.response(200, FindingPage)
 def findings(args):
-    """Standing findings in position order; `unreceived_shipment` is judged now."""
+    """Standing findings in position order; `unreceived_shipment` is judged now. A page never
+    splits the findings of one position, so it may hold a few more than `limit`."""
     items, position = _ledger().diversion.findings(args["rule"], args["category"], args["batch_id"], args["after"],
                                                    args["limit"])
     body = {"items": [f.describe() for f in items],
-            "next": items[-1].position if len(items) == args["limit"] else None, "as_of_position": position}
+            "next": items[-1].position if len(items) >= args["limit"] else None, "as_of_position": position}
     return body, 200, {"X-Ledger-Position": str(position)}
 
 

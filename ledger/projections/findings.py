@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from ledger.events import parse_time
 from ledger.projections.engine import Projection
 from ledger.recorders import Write, recorder_for
-from ledger.rules import Declaration, Event, Facts, Finding, RuleConfig, judge
+from ledger.rules import Declaration, Event, Facts, Finding, RuleConfig, destination, judge
 from ledger.schema import (
     batches,
     events,
@@ -60,13 +60,10 @@ class FactSource:
     def facts(self, batch_ids: list[str], position: int) -> dict[str, Facts]:
         edges = self._rows(select(lineage.c.parent, lineage.c.child, lineage.c.event_id), lineage.c.parent, batch_ids)
         edges += self._rows(select(lineage.c.parent, lineage.c.child, lineage.c.event_id), lineage.c.child, batch_ids)
-        columns = (events.c.event_id, events.c.type, events.c.batch_id, events.c.actor, events.c.occurred_at,
-                   events.c.position, events.c.data, events.c.effects)
-        found = {row.event_id: row for row in self._rows(select(*columns).where(events.c.position <= position),
-                                                          events.c.batch_id, batch_ids)}
+        upto = select(*_EVENT_COLUMNS).where(events.c.position <= position)
+        found = {row.event_id: row for row in self._rows(upto, events.c.batch_id, batch_ids)}
         extra = [e.event_id for e in edges if e.event_id not in found]
-        found.update({row.event_id: row for row in self._rows(select(*columns).where(events.c.position <= position),
-                                                               events.c.event_id, extra)})
+        found.update({row.event_id: row for row in self._rows(upto, events.c.event_id, extra)})
         voided = self.voided_in(batch_ids, position) | self.voided(extra, position)
         parsed = {i: _event(row) for i, row in found.items() if i not in voided and row.type != "event.voided"}
         shares: dict[str, dict[str, Decimal]] = {b: {} for b in batch_ids}
@@ -138,17 +135,13 @@ class FactSource:
                 select(pj_shares.c.batch_id, pj_shares.c.share).where(
                     pj_shares.c.generation == self.shares_generation, pj_shares.c.ancestor == declaration.batch_id))
                 if Decimal(r.share) >= self.config.de_minimis})
-            rows = self._rows(select(events.c.event_id, events.c.type, events.c.batch_id, events.c.actor,
-                                     events.c.occurred_at, events.c.position, events.c.data, events.c.effects)
-                              .where(events.c.type.in_(("custody.shipped", "custody.exported")),
+            rows = self._rows(select(*_EVENT_COLUMNS).where(events.c.type.in_(("custody.shipped", "custody.exported")),
                                      events.c.position > declaration.position, events.c.position <= position),
                               events.c.batch_id, list(governed))
             voided = self.voided([r.event_id for r in rows], position)
             moves = []
             for event in sorted((_event(r) for r in rows if r.event_id not in voided), key=lambda e: e.position):
-                destination = (event.data.get("destination_country") or self.countries.get(event.data.get("to_party"))
-                               if event.type == "custody.shipped" else event.data["to_country"])
-                if destination == declaration.origin_country or \
+                if destination(event, self.countries) == declaration.origin_country or \
                         self.countries.get(event.actor) != declaration.origin_country:
                     continue
                 moved = sum(-delta for b, party, delta in event.effects.get("holdings", ())
@@ -169,14 +162,23 @@ class FactSource:
         return seen
 
     def _rows(self, query, column, keys: list) -> list:
-        found = []
-        postgres = self.conn.dialect.name == "postgresql"
-        for start in range(0, len(keys), CHUNK):
-            part = keys[start:start + CHUNK]
-            # One array parameter on PostgreSQL: an IN list of hundreds costs more to build than to run.
-            condition = column == any_(literal(part, ARRAY(column.type))) if postgres else column.in_(part)
-            found.extend(self.conn.execute(query.where(condition)).all())
-        return found
+        return rows_in(self.conn, query, column, keys)
+
+
+def rows_in(conn: Connection, query, column, keys: Iterable) -> list:
+    """The query's rows whose `column` is one of `keys`, a chunk at a time."""
+    keys, found = sorted(keys), []
+    postgres = conn.dialect.name == "postgresql"
+    for start in range(0, len(keys), CHUNK):
+        part = keys[start:start + CHUNK]
+        # One array parameter on PostgreSQL: an IN list of hundreds costs more to build than to run.
+        condition = column == any_(literal(part, ARRAY(column.type))) if postgres else column.in_(part)
+        found.extend(conn.execute(query.where(condition)).all())
+    return found
+
+
+_EVENT_COLUMNS = (events.c.event_id, events.c.type, events.c.batch_id, events.c.actor, events.c.occurred_at,
+                  events.c.position, events.c.data, events.c.effects)
 
 
 def _event(row) -> Event:
