@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.exc import SQLAlchemyError
 
+from api import tracing
 from ledger.services import Ledger
 
 log = logging.getLogger("magledger.api")
@@ -68,16 +68,12 @@ class LedgerCollector:
 def install(app: Flask, ledger: Ledger) -> None:
     collector = LedgerCollector(ledger)
 
-    @app.before_request
-    def _start_timer():
-        g.metrics_started = time.perf_counter()
-
     @app.after_request
     def _count(response):
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        if "metrics_started" in g:
-            LATENCY.labels(request.method, route).observe(time.perf_counter() - g.metrics_started)
+        if "request_started" in g:
+            LATENCY.labels(request.method, route).observe(tracing.elapsed())
         return response
 
     @app.get("/metrics")

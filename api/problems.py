@@ -37,6 +37,8 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
+        if error.response is not None:
+            return error.response
         errors = None
         messages = getattr(error, "data", {}).get("messages") if hasattr(error, "data") else None
         if messages:
@@ -46,19 +48,30 @@ def install(app: Flask) -> None:
             detail = "The request body is larger than the limit."
         return problem(error.code or 500, error.name, detail, errors)
 
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(InterfaceError)
-    def database_unavailable(error: DBAPIError):
-        # The database is down, restarting or refusing connections: nothing was written
-        # (a post's transaction did not commit), and the client may retry.
+    @app.errorhandler(DBAPIError)
+    def database_error(error: DBAPIError):
+        if not _database_unavailable(error):
+            return unexpected(error)
+        # The database is down, restarting, read-only or full. A post whose connection broke
+        # while committing may have been recorded; its retry answers the original receipt.
         log.warning("database unavailable: %s", error.orig)
-        return problem(503, "Service Unavailable", "The database is not reachable; nothing was written. Retry later.",
-                       headers={"Retry-After": "1"})
+        return problem(503, "Service Unavailable", "The database cannot take this request now. Retry later: a post "
+                       "retried with the same event_id is recorded once.", headers={"Retry-After": "1"})
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
         log.exception("unhandled error")
         return problem(500, "Internal Server Error", "The server failed to answer; the error was logged.")
+
+
+# SQLSTATEs of a database that is up but cannot write: read-only transaction, standby.
+_READ_ONLY = {"25006"}
+
+
+def _database_unavailable(error: DBAPIError) -> bool:
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return getattr(error.orig, "sqlstate", None) in _READ_ONLY
 
 
 def _flatten(messages: dict, prefix: str = "") -> dict[str, list[str]]:

@@ -52,8 +52,10 @@ def worker(burst: bool) -> None:
     settings = _settings()
     if not settings.redis_url:
         raise click.UsageError("magledger worker needs REDIS_URL (without it the API works in embedded mode)")
+    from ledger.logs import configure
     from workers.runner import run_worker
 
+    configure(settings.log_format)
     run_worker(settings, burst=burst)
 
 
@@ -63,8 +65,10 @@ def scheduler() -> None:
     settings = _settings()
     if not settings.redis_url:
         raise click.UsageError("magledger scheduler needs REDIS_URL")
+    from ledger.logs import configure
     from workers.runner import run_scheduler
 
+    configure(settings.log_format)
     run_scheduler(settings)
 
 

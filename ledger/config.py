@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+DEFAULT_RATE_LIMIT = "6000/minute"
+
 
 class ConfigError(ValueError):
     """A configuration variable has a value the ledger cannot run with."""
@@ -30,6 +32,9 @@ class Settings:
     checkpoint_cron: str = "* * * * *"
     max_body_bytes: int = 1024 * 1024
     max_events_per_post: int = 1000
+    rate_limit: str | None = DEFAULT_RATE_LIMIT
+    log_format: str = "json"
+    audit_party: str | None = None
 
     def rule_config(self):
         from ledger.rules import RuleConfig
@@ -59,6 +64,9 @@ class Settings:
             transit_window_days=_positive_int(env, "LEDGER_TRANSIT_WINDOW_DAYS", "30"),
             audit_cron=_cron(env, "LEDGER_AUDIT_CRON", "0 2 * * *"),
             checkpoint_cron=_cron(env, "LEDGER_CHECKPOINT_CRON", "* * * * *"),
+            rate_limit=_rate_limit(env, "LEDGER_RATE_LIMIT", DEFAULT_RATE_LIMIT),
+            log_format=_choice(env, "LEDGER_LOG_FORMAT", "json", ("json", "text")),
+            audit_party=env.get("LEDGER_AUDIT_PARTY") or None,
         )
 
 
@@ -84,4 +92,26 @@ def _cron(env: Mapping[str, str], name: str, default: str) -> str:
     raw = (env.get(name) or default).strip()
     if len(raw.split()) != 5:
         raise ConfigError(f"{name} must be a five-field cron expression, got {raw!r}")
+    return raw
+
+
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str | None:
+    """A per-key budget in Flask-Limiter's notation ("6000/minute", "50/second;2000/hour"),
+    or "off"."""
+    from limits import parse_many
+
+    raw = (env.get(name) or default).strip()
+    if raw.lower() == "off":
+        return None
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f'{name} must be a rate such as "6000/minute", or "off", got {raw!r}') from None
+    return raw
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw

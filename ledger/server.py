@@ -8,6 +8,7 @@ import tempfile
 from gunicorn.app.base import BaseApplication
 
 from ledger.config import Settings
+from ledger.logs import config as log_config
 
 
 class _Gunicorn(BaseApplication):
@@ -45,6 +46,5 @@ def run(settings: Settings, host: str, port: int, workers: int, threads: int) ->
         "graceful_timeout": 30,
         "timeout": 60,
         "keepalive": 5,
-        "accesslog": "-",
-        "errorlog": "-",
+        "logconfig_dict": log_config(settings.log_format),
     }).run()

@@ -9,10 +9,10 @@ from sqlalchemy import Engine
 
 from ledger.audits import Audits, Diversion
 from ledger.checkpoints import Checkpoints, Signer
-from ledger.config import Settings
+from ledger.config import ConfigError, Settings
 from ledger.db import make_engine, upgrade
 from ledger.events import Clock, utc_now
-from ledger.parties import PartyRegistry
+from ledger.parties import Party, PartyRegistry
 from ledger.projections import ALL, ProjectionEngine
 from ledger.projections.findings import Findings
 from ledger.projections.views import Views
@@ -53,6 +53,17 @@ class Ledger:
         """Opened on first use: it reads, or creates, the signing key."""
         signer = Signer.from_file(self.settings.signing_key_path, self.settings.origin)
         return Checkpoints(self.engine, signer, self.settings.origin, self.clock)
+
+    def scheduled_auditor(self) -> Party | None:
+        """The auditor account scheduled audits run under (SPEC 1): LEDGER_AUDIT_PARTY, or
+        else the first auditor by id; None when no auditor is registered."""
+        name = self.settings.audit_party
+        if name is None:
+            return next(iter(self.parties.list(limit=1, role="auditor")), None)
+        party = self.parties.get(name)
+        if party is None or party.role != "auditor":
+            raise ConfigError(f"LEDGER_AUDIT_PARTY names {name!r}, which is not a registered auditor")
+        return party
 
     def close(self) -> None:
         self.store.close()

@@ -442,5 +442,6 @@ def _recorded(row) -> RecordedEvent:
 
 def _database_error(error: DBAPIError) -> LedgerError:
     if error.connection_invalidated or "connection" in str(error.orig).lower():
-        return Unavailable("The database is not reachable; the post was not written. Retry later.")
+        return Unavailable("The database is not reachable. Retry later: a post retried with the same event_id is "
+                           "recorded once.")
     return error

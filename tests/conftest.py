@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import requests
 from ledger.config import Settings
 from ledger.db import make_engine, upgrade
 from ledger.services import Ledger
+from tests.services import free_port
 
 REQUIRE_SERVICES = os.environ.get("LEDGER_REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN = os.environ.get("TEST_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -136,12 +136,6 @@ def ledger(database_url, clock):
 # --- live servers ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def magledger(*args: str, env: dict, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: a subprocess of the installed entry point."""
     return subprocess.run([sys.executable, "-m", "ledger.cli", *args], env={**os.environ, **env},
@@ -149,8 +143,9 @@ def magledger(*args: str, env: dict, check: bool = True, timeout: float = 60) ->
 
 
 class LiveServer:
-    def __init__(self, url: str, database_url: str, env: dict, process: subprocess.Popen):
+    def __init__(self, url: str, database_url: str, env: dict, process: subprocess.Popen, log_path: Path):
         self.url = url
+        self.log_path = log_path
         self.database_url = database_url
         self.env = env
         self.process = process
@@ -185,8 +180,8 @@ def start_server(database_url: str, log_path: Path, extra_env: dict | None = Non
             raise RuntimeError(f"server exited with {process.returncode}: {log_path.read_text()}")
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return LiveServer(url, database_url, env, process)
-        except requests.ConnectionError:
+                return LiveServer(url, database_url, env, process, log_path)
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"server did not start: {log_path.read_text()}")

@@ -27,6 +27,9 @@ def test_compose_defines_the_stack_and_every_command_answers_help():
         assert result.returncode == 0, result.stderr
     for name in ("postgres", "redis", "api"):
         assert "healthcheck" in services[name]
+    for name in ("postgres", "redis", "api", "worker", "scheduler"):
+        assert services[name]["restart"] == "unless-stopped"
+    assert set(compose["volumes"]) == {"postgres-data", "redis-data", "ledger-keys"}
     assert (ROOT / "Dockerfile").exists()
 
 

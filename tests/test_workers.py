@@ -5,56 +5,32 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import redis
+from rq import Queue
+from rq.job import Job
 
+from ledger.config import ConfigError
 from ledger.services import Ledger
-from tests.conftest import free_port, magledger, service_missing, settings_for, start_server, stop_server
+from tests.conftest import magledger, service_missing, settings_for, start_server, stop_server
 from tests.helpers import declared, parties, post, registered, unique
-
-
-class PrivateRedis:
-    """A redis-server of the test's own, so that the test may stop and restart it."""
-
-    def __init__(self, directory):
-        if shutil.which("redis-server") is None:
-            service_missing("redis-server", "not installed")
-        self.port = free_port()
-        self.directory = directory
-        self.process = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self):
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self):
-        self.process.kill()
-        self.process.wait()
+from tests.services import PrivatePostgres, PrivateRedis
 
 
 @pytest.fixture
 def private_redis(tmp_path):
+    if PrivateRedis.missing():
+        service_missing("redis-server", PrivateRedis.missing())
     server = PrivateRedis(tmp_path)
     server.start()
     yield server
-    if server.process.poll() is None:
-        server.stop()
+    server.stop()
 
 
 def start_worker(env: dict, log_path) -> subprocess.Popen:
@@ -237,14 +213,46 @@ def test_an_audit_requested_over_http_is_run_by_a_worker(postgres_url, private_r
         stop_server(server)
 
 
-def test_readyz_fails_while_redis_is_down(postgres_url, private_redis, tmp_path):
+def test_an_audit_that_fails_while_the_database_is_down_is_retried_and_finishes(private_redis, tmp_path):
+    if PrivatePostgres.missing():
+        service_missing("a private PostgreSQL", PrivatePostgres.missing())
+    postgres = PrivatePostgres()
+    postgres.start()
+    server = start_server(postgres.create_database("ledger"), tmp_path / "server.log", {"REDIS_URL": private_redis.url})
+    worker = None
+    try:
+        auditor = server.add_party("audit-co", "IN", "auditor")
+        audit_id = server.request("POST", "/v1/audits", auditor, json={"scope": "full"}).json()["audit_id"]
+        postgres.stop("fast")
+        worker = start_worker(server.env, tmp_path / "worker.log")
+        job = Job.fetch(f"audit-{audit_id}", connection=redis.Redis.from_url(private_redis.url))
+        assert wait_until(lambda: job.get_status(refresh=True) == "scheduled", timeout=60), \
+            (tmp_path / "worker.log").read_text()
+        postgres.start()
+
+        def finished():
+            answer = server.request("GET", f"/v1/audits/{audit_id}", auditor)
+            return answer.status_code == 200 and answer.json()["status"] == "finished"
+
+        assert wait_until(finished, timeout=90), (tmp_path / "worker.log").read_text()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        stop_server(server)
+        postgres.destroy()
+
+
+def test_readyz_reports_a_dead_redis_as_degraded_but_stays_in_service(postgres_url, private_redis, tmp_path):
     server = start_server(postgres_url, tmp_path / "server.log", {"REDIS_URL": private_redis.url})
     try:
         ready = server.request("GET", "/readyz")
         assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+        assert ready.json()["status"] == "ready"
         private_redis.stop()
         down = server.request("GET", "/readyz")
-        assert down.status_code == 503 and down.json()["checks"]["redis"] == "unreachable"
+        assert down.status_code == 200, down.text
+        assert down.json()["status"] == "degraded" and down.json()["checks"]["redis"] == "unreachable"
     finally:
         stop_server(server)
 
@@ -260,3 +268,32 @@ def test_an_audit_that_cannot_be_queued_answers_503_and_is_marked_failed(postgre
         assert audit["status"] == "failed" and "could not be queued" in audit["error"]
     finally:
         stop_server(server)
+
+
+def test_scheduled_audits_run_under_an_auditor_account(ledger):
+    assert ledger.scheduled_auditor() is None
+    ledger.parties.register("zeta-audit", "Zeta Audit", "IN", "auditor")
+    ledger.parties.register("alpha-audit", "Alpha Audit", "IN", "auditor")
+    ledger.parties.register("maker-co", "Maker", "CN", "partner")
+    assert ledger.scheduled_auditor().party_id == "alpha-audit"
+    ledger.settings = replace(ledger.settings, audit_party="zeta-audit")
+    assert ledger.scheduled_auditor().party_id == "zeta-audit"
+    ledger.settings = replace(ledger.settings, audit_party="maker-co")
+    with pytest.raises(ConfigError, match="LEDGER_AUDIT_PARTY"):
+        ledger.scheduled_auditor()
+
+
+def test_the_scheduled_audit_job_is_requested_by_the_auditor(postgres_url, private_redis, tmp_path):
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": private_redis.url,
+           "LEDGER_SIGNING_KEY": str(tmp_path / "signing.key")}
+    magledger("party", "add", "audit-co", "--name", "Audit Co", "--country", "IN", "--role", "auditor", env=env)
+    from workers import jobs
+
+    Queue("magledger", connection=redis.Redis.from_url(private_redis.url)).enqueue(jobs.scheduled_audit)
+    magledger("worker", "--burst", env=env)
+    ledger = Ledger.open(settings_for(postgres_url))
+    try:
+        [audit] = ledger.audits.list()
+        assert audit["requested_by"] == "audit-co" and audit["status"] == "finished"
+    finally:
+        ledger.close()

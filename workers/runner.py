@@ -38,7 +38,10 @@ def run_worker(settings: Settings, burst: bool = False) -> bool:
     """Work the queue until stopped (SIGTERM finishes the current job first) or, in burst
     mode, until it is empty."""
     connection = connect(settings)
-    return Worker([queue(settings, connection)], connection=connection).work(burst=burst)
+    # The worker's scheduler moves due retries (jobs failed with a Retry interval) back onto
+    # the queue; without one running somewhere, a retry with an interval never happens. RQ
+    # keeps one such scheduler active per queue, however many workers run.
+    return Worker([queue(settings, connection)], connection=connection).work(burst=burst, with_scheduler=True)
 
 
 def run_scheduler(settings: Settings) -> None:
@@ -67,8 +70,11 @@ def enqueue_rebuild(settings: Settings, targets: dict[str, int]) -> str:
 def enqueue_audit(settings: Settings, audit_id: str) -> str:
     from workers import jobs
 
+    # An audit only reads until it stores its report, so a retry after its worker died (or a
+    # database outage) simply judges again.
     job = queue(settings).enqueue(jobs.run_audit, audit_id, job_id=f"audit-{audit_id}",
-                                  job_timeout=LONG_JOB_TIMEOUT_SECONDS, result_ttl=86400, failure_ttl=86400)
+                                  job_timeout=LONG_JOB_TIMEOUT_SECONDS, retry=Retry(max=3, interval=[5, 30, 120]),
+                                  result_ttl=86400, failure_ttl=86400)
     return job.id
 
 
