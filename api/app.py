@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from flask import Flask
-from flask_smorest import Api
 
-from api import metrics, problems
+from api import limits, metrics, problems, tracing
+from api.openapi import METRICS, LedgerApi
 from api.routes import audits, batches, events, health, parties
 from api.routes import ledger as ledger_routes
 from ledger.config import Settings
 from ledger.errors import Unavailable
-from ledger.events import DATA_SCHEMAS
+from ledger.events import DATA_SCHEMAS, Envelope
 from ledger.services import Ledger
 
 
@@ -33,7 +33,8 @@ def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -
         },
     )
     app.extensions["magledger"] = ledger
-    api = Api(app)
+    api = LedgerApi(app)
+    api.spec.components.schema("Event", schema=Envelope)
     for event_type, schema in DATA_SCHEMAS.items():
         api.spec.components.schema(_schema_name(event_type), schema=type(schema))
     api.register_blueprint(health.blp)
@@ -44,8 +45,11 @@ def create_app(ledger: Ledger | None = None, settings: Settings | None = None) -
     api.register_blueprint(audits.blp)
     app.extensions["magledger_after_append"] = _after_append(ledger)
     app.extensions["magledger_run_audit"] = _audit_runner(ledger)
+    tracing.install(app)
     problems.install(app)
+    limits.install(app, ledger.settings)
     metrics.install(app, ledger)
+    api.document_route("metrics", METRICS)
     return app
 
 

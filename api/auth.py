@@ -9,6 +9,9 @@ from flask import current_app, g, request
 from ledger.errors import Forbidden
 from ledger.parties import Party
 
+READERS = ("partner", "regulator", "auditor")
+"""The roles that read custody data; an admin registers parties and issues keys, nothing else (SPEC 1)."""
+
 
 def current_party() -> Party:
     if "party" not in g:
@@ -20,7 +23,8 @@ def current_party() -> Party:
 
 
 def requires(*roles: str):
-    """Authenticate the caller; with roles given, refuse (403) any other role."""
+    """Authenticate the caller; with roles given, refuse (403) any other role. The view
+    keeps `roles`, from which the OpenAPI document lists its 401 and 403 (api.openapi)."""
     def decorate(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
@@ -28,5 +32,6 @@ def requires(*roles: str):
             if roles and party.role not in roles:
                 raise Forbidden(f"A {party.role} may not do this; it needs the role {' or '.join(roles)}.")
             return view(*args, **kwargs)
+        wrapper.roles = roles
         return wrapper
     return decorate

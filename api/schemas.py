@@ -4,16 +4,41 @@ Event payloads are validated by the core (ledger.events); their schemas are regi
 the OpenAPI document from there rather than written again here.
 """
 
+import re
+
 from marshmallow import Schema, fields, validate
 
-from ledger.events import EVENT_TYPES
+from ledger.events import BATCH_ID, EVENT_TYPES, MAX_SAFE_INTEGER, PARTY_ID, FullMatch
 from ledger.parties import ROLES
+from ledger.rules import CATEGORIES
+
+COUNTRY = re.compile(r"^[A-Z]{2}$")
+NO_CONTROL_CHARACTERS = re.compile(r"^[^\x00-\x1f\x7f]+$")
+"""Ids that are looked up as given: no id holds one, and PostgreSQL refuses NUL."""
+MAX_VERSION = 2**31 - 1
+"""Stream versions are 32-bit integers in the log's schema."""
+AUDIT_CURSOR = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z\|[0-9a-f-]{36}$")
+
+
+def _whole(minimum: int = 0, **kwargs) -> fields.Integer:
+    """A position, version or tree size: bounded like every number in the log, so that no
+    value reaches the database that its integer columns cannot hold."""
+    return fields.Integer(validate=validate.Range(min=minimum, max=MAX_SAFE_INTEGER), **kwargs)
+
+
+def _limit() -> fields.Integer:
+    return fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+def _id(pattern: re.Pattern, what: str, **kwargs) -> fields.String:
+    """An id the way the ledger writes it; any other value could only match nothing."""
+    return fields.String(validate=FullMatch(pattern, error=f"must be {what}"), **kwargs)
 
 
 class PartyIn(Schema):
-    party_id = fields.String(required=True)
-    name = fields.String(required=True)
-    country = fields.String(required=True)
+    party_id = _id(PARTY_ID, "a lower-case slug", required=True)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    country = _id(COUNTRY, "an ISO 3166-1 alpha-2 code in upper case", required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 
@@ -42,14 +67,14 @@ class PartyPage(Schema):
 
 
 class PageArgs(Schema):
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    cursor = fields.String(load_default=None)
+    limit = _limit()
+    cursor = _id(PARTY_ID, "a party id (the last one seen)", load_default=None)
 
 
 class FeedArgs(Schema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    batch_id = fields.String(load_default=None)
+    after = _whole(load_default=0)
+    limit = _limit()
+    batch_id = _id(BATCH_ID, "a batch id", load_default=None)
     type = fields.String(load_default=None, validate=validate.OneOf(EVENT_TYPES))
 
 
@@ -88,28 +113,29 @@ class Health(Schema):
 
 
 class Readiness(Schema):
-    status = fields.String(required=True, metadata={"description": "ready or not ready"})
+    status = fields.String(required=True, metadata={"description": "ready, degraded (Redis unreachable: appends "
+                                                                    "work, projections wait) or not ready"})
     checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     head = fields.Integer()
     projection_lag = fields.Integer(metadata={"description": "events the slowest projection is behind"})
 
 
 class BatchArgs(Schema):
-    min_position = fields.Integer(load_default=None, validate=validate.Range(min=0))
+    min_position = _whole(load_default=None)
 
 
 class StreamArgs(Schema):
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0),
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_VERSION),
                            metadata={"description": "the last version already read"})
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    limit = _limit()
 
 
 class BatchListArgs(BatchArgs):
-    holder = fields.String(load_default=None)
-    country = fields.String(load_default=None)
+    holder = _id(PARTY_ID, "a party id", load_default=None)
+    country = _id(COUNTRY, "an ISO 3166-1 alpha-2 code in upper case", load_default=None)
     verdict = fields.String(load_default=None, validate=validate.OneOf(["clear", "at_risk", "diverted"]))
-    cursor = fields.String(load_default=None)
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = _id(BATCH_ID, "a batch id (the last one seen)", load_default=None)
+    limit = _limit()
 
 
 class LineageArgs(BatchArgs):
@@ -233,9 +259,8 @@ class PublicKey(Schema):
 
 
 class InclusionArgs(Schema):
-    event_id = fields.String(required=True)
-    tree_size = fields.Integer(load_default=None, validate=validate.Range(min=1),
-                               metadata={"description": "default: the latest checkpoint's"})
+    event_id = _id(NO_CONTROL_CHARACTERS, "an event id", required=True)
+    tree_size = _whole(1, load_default=None, metadata={"description": "default: the latest checkpoint's"})
 
 
 class InclusionProof(Schema):
@@ -246,9 +271,8 @@ class InclusionProof(Schema):
 
 
 class ConsistencyArgs(Schema):
-    first = fields.Integer(required=True, validate=validate.Range(min=1))
-    second = fields.Integer(load_default=None, validate=validate.Range(min=1),
-                            metadata={"description": "default: the latest checkpoint's tree size"})
+    first = _whole(1, required=True)
+    second = _whole(1, load_default=None, metadata={"description": "default: the latest checkpoint's tree size"})
 
 
 class ConsistencyProof(Schema):
@@ -279,12 +303,12 @@ class Verdict(Schema):
 
 
 class FindingArgs(Schema):
-    rule = fields.String(load_default=None)
-    category = fields.String(load_default=None, validate=validate.OneOf(("diversion", "integrity", "compliance",
-                                                                         "info")))
-    batch_id = fields.String(load_default=None)
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0))
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    rule = fields.String(load_default=None, validate=validate.OneOf(tuple(CATEGORIES)))
+    category = fields.String(load_default=None, validate=validate.OneOf(tuple(dict.fromkeys(CATEGORIES.values()))))
+    batch_id = _id(BATCH_ID, "a batch id", load_default=None)
+    after = _whole(load_default=0)
+    limit = _limit()
+    min_position = _whole(load_default=None)
 
 
 class FindingPage(Schema):
@@ -317,8 +341,8 @@ class AuditOut(Schema):
 
 
 class AuditListArgs(Schema):
-    cursor = fields.String(load_default=None)
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = _id(AUDIT_CURSOR, "the `cursor` of the last audit seen", load_default=None)
+    limit = _limit()
 
 
 class AuditPage(Schema):

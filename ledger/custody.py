@@ -624,7 +624,8 @@ def _voided(event, actor, state, batch, effects):
     target_id = event.data["voided_event_id"]
     target = state.event(target_id)
     field = "data.voided_event_id"
-    if target is None:
+    if target is None or (actor.role == "partner" and not state.can_see(actor.party_id, target.batch_id)):
+        # An event of a batch the actor may not see is answered as one that does not exist.
         raise Invalid(f"No event {target_id!r}.", {field: ["unknown event"]})
     if target.batch_id != event.batch_id:
         raise Invalid(f"Event {target_id!r} belongs to batch {target.batch_id!r}.",

@@ -59,7 +59,7 @@ def mg_to_mass(mg: int) -> str:
 def format_time(moment: datetime) -> str:
     """UTC as YYYY-MM-DDTHH:MM:SS[.ffffff]Z, the fraction only when it is not zero (SPEC 3.6)."""
     moment = moment.astimezone(UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    text = moment.replace(tzinfo=None, microsecond=0).isoformat()  # strftime's %Y does not pad years below 1000
     if moment.microsecond:
         text += f".{moment.microsecond:06d}"
     return text + "Z"
@@ -67,7 +67,7 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Strict RFC 3339 with an offset; raises ValueError on anything else."""
-    match = RFC3339.match(text)
+    match = RFC3339.fullmatch(text)
     if not match:
         raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-10-02T08:00:00+08:00")
     year, month, day, hour, minute, second, fraction, offset = match.groups()
@@ -80,7 +80,12 @@ def parse_time(text: str) -> datetime:
             raise ValueError("has an invalid UTC offset")
         tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
     micro = int((fraction or "0").ljust(6, "0"))
-    return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+    moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range: in UTC it falls outside the years 1 to 9999") from None
+    return moment
 
 
 # --- marshmallow fields ------------------------------------------------------------------
@@ -173,8 +178,18 @@ def _text(max_length: int = 200, **kwargs) -> fields.String:
     return fields.String(validate=validate.Length(min=1, max=max_length), **kwargs)
 
 
+class FullMatch(validate.Regexp):
+    """The whole value must match: `$` alone also matches before a final newline, which would
+    let "B-1\n" through as a batch id, raw into the canonical form."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 def _matching(pattern: re.Pattern, what: str, **kwargs) -> fields.String:
-    return fields.String(validate=validate.Regexp(pattern, error=f"must be {what}"), **kwargs)
+    return fields.String(validate=FullMatch(pattern, error=f"must be {what}"), **kwargs)
 
 
 def _batch_id(**kwargs):
@@ -203,7 +218,7 @@ class Registered(_Strict):
     origin_country = Country(required=True)
     units = WholeNumber(minimum=1)
     composition = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(ELEMENT, error="must be an element symbol")),
+        keys=fields.String(validate=FullMatch(ELEMENT, error="must be an element symbol")),
         values=Percent(),
     )
     hs_code = _matching(HS_CODE, "an HS code such as 8505.11")
@@ -452,16 +467,26 @@ def loads(body: bytes | str) -> Any:
     def reject_constant(name):
         raise ValueError(f"{name} is not JSON")
 
-    return json.loads(body, parse_float=Decimal, parse_constant=reject_constant)
+    try:
+        return json.loads(body, parse_float=Decimal, parse_constant=reject_constant)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+
+
+def storable_text(value: str) -> bool:
+    """Whether every database can store the text: lone surrogates have no UTF-8 form (so no
+    canonical bytes), and PostgreSQL refuses NUL characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
 
 
 def _check_strings(value: Any, path: str, errors: dict) -> None:
-    """Reject lone surrogates: they have no UTF-8 form, so no canonical bytes."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            errors.setdefault(path.rstrip("."), []).append("must be valid Unicode text")
+        if not storable_text(value):
+            errors.setdefault(path.rstrip("."), []).append("must be valid Unicode text without NUL characters")
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_strings(item, f"{path}{key}.", errors)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger.db import reader
 from ledger.errors import Conflict, Invalid, NotFound, Unauthenticated
-from ledger.events import COUNTRY_CODES, PARTY_ID, Clock, format_time, utc_now
+from ledger.events import COUNTRY_CODES, PARTY_ID, Clock, format_time, storable_text, utc_now
 from ledger.schema import api_keys, parties
 
 ROLES = ("partner", "regulator", "auditor", "admin")
@@ -46,10 +46,10 @@ class IssuedKey:
 
 def validate_party(party_id: str, name: str, country: str, role: str) -> None:
     errors: dict[str, list[str]] = {}
-    if not isinstance(party_id, str) or not PARTY_ID.match(party_id):
+    if not isinstance(party_id, str) or not PARTY_ID.fullmatch(party_id):
         errors["party_id"] = ["must be a lower-case slug: ^[a-z0-9][a-z0-9._-]{1,63}$"]
-    if not isinstance(name, str) or not 1 <= len(name) <= 200:
-        errors["name"] = ["must be 1 to 200 characters"]
+    if not isinstance(name, str) or not 1 <= len(name) <= 200 or not storable_text(name):
+        errors["name"] = ["must be 1 to 200 characters of valid Unicode text without NUL characters"]
     if country not in COUNTRY_CODES:
         errors["country"] = ["must be an ISO 3166-1 alpha-2 country code in upper case"]
     if role not in ROLES:
@@ -85,10 +85,12 @@ class PartyRegistry:
             row = conn.execute(select(parties).where(parties.c.party_id == party_id)).first()
         return _party(row) if row else None
 
-    def list(self, after: str | None = None, limit: int = 100) -> list[Party]:
+    def list(self, after: str | None = None, limit: int = 100, role: str | None = None) -> list[Party]:
         query = select(parties).order_by(parties.c.party_id).limit(limit)
         if after:
             query = query.where(parties.c.party_id > after)
+        if role:
+            query = query.where(parties.c.role == role)
         with self.reads.connect() as conn:
             return [_party(row) for row in conn.execute(query)]
 
@@ -116,7 +118,7 @@ class PartyRegistry:
         """The party a bearer key belongs to; Unauthenticated for no, unknown or revoked keys."""
         if not api_key:
             raise Unauthenticated("An API key is required: send Authorization: Bearer <key>.")
-        match = KEY_PATTERN.match(api_key)
+        match = KEY_PATTERN.fullmatch(api_key)
         if not match:
             raise Unauthenticated("The API key is not valid.")
         key_id, secret = match.groups()

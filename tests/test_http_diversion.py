@@ -116,3 +116,15 @@ def test_batches_filter_by_verdict(live_server, keys):
     assert first("clear", clean) == clean
     assert first("diverted", clean) != clean
     assert_problem(live_server.request("GET", "/v1/batches?verdict=bad", keys["auditor"]), 422, "verdict")
+
+
+def test_findings_wait_for_min_position_and_refuse_one_beyond_the_log(live_server, keys):
+    lot, receipt = diverted_lot(live_server, keys)
+    answer = live_server.request("GET", f"/v1/findings?batch_id={lot}&min_position={receipt['position']}",
+                                 keys["auditor"])
+    assert answer.status_code == 200, answer.text
+    assert int(answer.headers["X-Ledger-Position"]) >= receipt["position"]
+    assert [f["rule"] for f in answer.json()["items"]] == ["destination_not_permitted"]
+    beyond = live_server.request("GET", f"/v1/findings?min_position={receipt['position'] + 10**6}", keys["auditor"])
+    assert_problem(beyond, 503)
+    assert beyond.headers["Retry-After"]

@@ -1,7 +1,7 @@
 from flask import Response, current_app, request
-from flask_smorest import Blueprint
 
 from api.auth import current_party, requires
+from api.routes import Blueprint, wait_for_projections
 from api.schemas import AuditIn, AuditListArgs, AuditOut, AuditPage, FindingArgs, FindingPage
 
 blp = Blueprint("audits", __name__, url_prefix="/v1", description="Findings and diversion audits")
@@ -18,6 +18,7 @@ def _ledger():
 def findings(args):
     """Standing findings in position order; `unreceived_shipment` is judged now. A page never
     splits the findings of one position, so it may hold a few more than `limit`."""
+    wait_for_projections(args["min_position"])
     items, position = _ledger().diversion.findings(args["rule"], args["category"], args["batch_id"], args["after"],
                                                    args["limit"])
     body = {"items": [f.describe() for f in items],
@@ -51,7 +52,7 @@ def list_audits(args):
 @requires("regulator", "auditor")
 @blp.response(200, AuditOut)
 @blp.alt_response(200, description="With `Accept: text/csv`: the audit's findings as CSV.",
-                  content_type="text/csv")
+                  content_type="text/csv", schema={"type": "string"})
 def get_audit(audit_id):
     """An audit's report; `Accept: text/csv` gives its findings as CSV."""
     ledger = _ledger()

@@ -1,7 +1,8 @@
 from flask import current_app
-from flask_smorest import Blueprint
 
-from api.auth import current_party, requires
+from api.auth import READERS, current_party, requires
+from api.openapi import ERROR
+from api.routes import Blueprint, wait_for_projections
 from api.schemas import (
     BatchArgs,
     BatchListArgs,
@@ -14,11 +15,10 @@ from api.schemas import (
     StreamArgs,
     Verdict,
 )
-from ledger.errors import Forbidden, NotFound, Unavailable
+from ledger.errors import Forbidden, NotFound
 
 blp = Blueprint("batches", __name__, url_prefix="/v1/batches", description="Batches, from the projections")
 
-MIN_POSITION_WAIT_SECONDS = 5
 VERDICT_SCAN_PAGE = 500
 
 
@@ -32,24 +32,19 @@ def _visible(batch_id: str) -> None:
         raise NotFound(f"Batch {batch_id!r} not found.")
 
 
-def _wait(min_position: int | None) -> None:
-    if min_position and not _ledger().projections.wait_for(min_position, MIN_POSITION_WAIT_SECONDS):
-        raise Unavailable(f"The projections have not reached position {min_position} yet; retry shortly.")
-
-
 def _answer(body: dict):
     return body, 200, {"X-Ledger-Position": str(body["as_of_position"])}
 
 
 @blp.route("/<batch_id>", methods=["GET"])
-@requires()
+@requires(*READERS)
 @blp.arguments(BatchArgs, location="query")
 @blp.response(200, BatchState)
 def get_batch(args, batch_id):
     """A batch's state: material, masses, origin, holdings, open shipments, and the
     declarations governing it (its own and those of ancestors above the de minimis share)."""
     _visible(batch_id)
-    _wait(args["min_position"])
+    wait_for_projections(args["min_position"])
     state = _ledger().views.batch(batch_id, _ledger().settings.de_minimis)
     if state is None:
         raise NotFound(f"Batch {batch_id!r} not found (the projections are at "
@@ -64,7 +59,7 @@ def get_batch(args, batch_id):
 @blp.response(200, BatchPage)
 def list_batches(args):
     """Batches, filtered by current holder, origin country or verdict (regulators and auditors)."""
-    _wait(args["min_position"])
+    wait_for_projections(args["min_position"])
     ledger = _ledger()
     if args["verdict"] is None:
         items, position = ledger.views.batches(holder=args["holder"], country=args["country"],
@@ -85,7 +80,7 @@ def list_batches(args):
 
 
 @blp.route("/<batch_id>/events", methods=["GET"])
-@requires()
+@requires(*READERS)
 @blp.arguments(StreamArgs, location="query")
 @blp.response(200, EventPage)
 def batch_events(args, batch_id):
@@ -100,14 +95,14 @@ def batch_events(args, batch_id):
 
 
 @blp.route("/<batch_id>/provenance", methods=["GET"])
-@requires()
+@requires(*READERS)
 @blp.arguments(BatchArgs, location="query")
 @blp.response(200, Provenance)
 def provenance(args, batch_id):
     """Upstream lineage to the origin batches with shares and controlled fraction, the
     custody chain, and the declarations that govern the batch."""
     _visible(batch_id)
-    _wait(args["min_position"])
+    wait_for_projections(args["min_position"])
     view = _ledger().views.provenance(batch_id, _ledger().settings.de_minimis)
     if view is None:
         raise NotFound(f"Batch {batch_id!r} not found.")
@@ -122,20 +117,21 @@ def diversion(args, batch_id):
     """The verdict on a batch and on every descendant in which its share is at least the de
     minimis threshold, with the findings that stand against them."""
     _visible(batch_id)
-    _wait(args["min_position"])
+    wait_for_projections(args["min_position"])
     return _answer(_ledger().diversion.verdict(batch_id))
 
 
 @blp.route("/<batch_id>/lineage", methods=["GET"])
-@requires()
+@requires(*READERS)
 @blp.arguments(LineageArgs, location="query")
 @blp.response(200, LineageView)
+@blp.alt_response(403, response=ERROR[403])
 def lineage(args, batch_id):
     """Parents and children around a batch; partners may look upstream only."""
     _visible(batch_id)
     if current_party().role == "partner" and args["direction"] != "up":
         raise Forbidden("Partners may read lineage upstream only (direction=up).")
-    _wait(args["min_position"])
+    wait_for_projections(args["min_position"])
     view = _ledger().views.lineage(batch_id, args["direction"], args["depth"])
     if view is None:
         raise NotFound(f"Batch {batch_id!r} not found.")

@@ -1,10 +1,12 @@
 import logging
 
 from flask import current_app, request
-from flask_smorest import Blueprint
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from api.auth import current_party, requires
+from api.auth import READERS, current_party, requires
 from api.metrics import APPENDS
+from api.openapi import ERROR
+from api.routes import Blueprint
 from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
 from ledger.errors import Invalid, NotFound
 from ledger.events import loads, parse_post
@@ -18,7 +20,12 @@ POST_BODY = {
     "content": {"application/json": {"schema": {
         "description": "One event, or {\"events\": [...]} (at most 1,000, written atomically). "
                        "`data` follows the Data* schema of the event's type.",
-        "type": "object",
+        "oneOf": [
+            {"$ref": "#/components/schemas/Event"},
+            {"type": "object", "required": ["events"], "additionalProperties": False, "properties": {
+                "events": {"type": "array", "minItems": 1, "maxItems": 1000,
+                           "items": {"$ref": "#/components/schemas/Event"}}}},
+        ],
     }}},
 }
 
@@ -32,6 +39,9 @@ def _ledger():
 @blp.doc(requestBody=POST_BODY)
 @blp.response(201, Receipts)
 @blp.alt_response(200, schema=Receipts, description="Every event was already in the log (an idempotent replay).")
+@blp.alt_response(404, response=ERROR[404])
+@blp.alt_response(409, response=ERROR[409])
+@blp.alt_response(422, response=ERROR[422])
 def post_events():
     """Append one event or an atomic batch; replaying an event answers its original receipt."""
     ledger = _ledger()
@@ -43,17 +53,19 @@ def post_events():
     with APPENDS.time():
         result = ledger.store.append(current_party(), new_events, is_batch)
     if result.created:
+        # The events are committed: the answer stays 201 whatever happens here, and the next
+        # catch-up (the next append's, or the periodic one) brings the projections up.
         try:
             current_app.extensions["magledger_after_append"]()
+        except (OperationalError, InterfaceError) as error:
+            log.warning("projection catch-up after append failed: the database is unavailable: %s", error.orig)
         except Exception:
-            # The events are committed: the answer stays 201, and the next catch-up (the
-            # next append's, or the periodic one) brings the projections up.
             log.exception("projection catch-up after append failed")
     return {"receipts": result.receipts}, 201 if result.created else 200
 
 
 @blp.route("", methods=["GET"])
-@requires()
+@requires(*READERS)
 @blp.arguments(FeedArgs, location="query")
 @blp.response(200, EventPage)
 def feed(args):
@@ -65,7 +77,7 @@ def feed(args):
 
 
 @blp.route("/<event_id>", methods=["GET"])
-@requires()
+@requires(*READERS)
 @blp.response(200, RecordedEvent)
 def get_event(event_id):
     """One event exactly as stored; its leaf hash can be recomputed from this answer."""

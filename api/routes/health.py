@@ -1,9 +1,9 @@
 import logging
 
 from flask import current_app
-from flask_smorest import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.routes import Blueprint
 from api.schemas import Health, Readiness
 
 blp = Blueprint("health", __name__, description="Liveness and readiness")
@@ -20,12 +20,14 @@ def healthz():
 
 @blp.route("/readyz")
 @blp.response(200, Readiness)
-@blp.alt_response(503, schema=Readiness, description="The database, or Redis when configured, is not reachable.")
+@blp.alt_response(503, schema=Readiness, description="The database is not reachable.",
+                  headers={"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}})
 @blp.doc(security=[])
 def readyz():
-    """Whether this process can serve: the database answers, Redis answers when it is
-    configured, and how far the projections are behind the log (reported, not failed on:
-    appends still work while they catch up)."""
+    """Whether this process can serve: the database answers (else 503). Redis, when it is
+    configured, and how far the projections are behind the log are reported but not failed
+    on: appends still work without them, so a load balancer should keep sending traffic. A
+    Redis that does not answer makes the status `degraded`."""
     ledger = current_app.extensions["magledger"]
     checks, body = {}, {}
     try:
@@ -47,5 +49,7 @@ def readyz():
         except RedisError as error:
             log.warning("readiness: redis unreachable: %s", error)
             checks["redis"] = "unreachable"
-    ready = all(state == "ok" for state in checks.values())
-    return {"status": "ready" if ready else "not ready", "checks": checks, **body}, 200 if ready else 503
+    if checks["database"] != "ok":
+        return {"status": "not ready", "checks": checks, **body}, 503, {"Retry-After": "1"}
+    status = "ready" if all(state == "ok" for state in checks.values()) else "degraded"
+    return {"status": status, "checks": checks, **body}, 200

@@ -1,7 +1,8 @@
 from flask import current_app
-from flask_smorest import Blueprint
 
-from api.auth import current_party, requires
+from api.auth import READERS, current_party, requires
+from api.openapi import ERROR
+from api.routes import Blueprint
 from api.schemas import (
     CheckpointOut,
     ConsistencyArgs,
@@ -46,13 +47,14 @@ def public_key():
 
 
 @blp.route("/proofs/inclusion", methods=["GET"])
-@requires()
+@requires(*READERS)
 @blp.arguments(InclusionArgs, location="query")
 @blp.response(200, InclusionProof)
+@blp.alt_response(404, response=ERROR[404])
 def inclusion(args):
     """The audit path of one event (RFC 9162 2.1.3); partners only for events they may see."""
     ledger = current_app.extensions["magledger"]
-    event = ledger.store.get(args["event_id"], visible_to=current_party())
+    event = ledger.store.get(args["event_id"].lower(), visible_to=current_party())
     if event is None:
         raise NotFound(f"Event {args['event_id']!r} not found.")
     return ledger.checkpoints.inclusion(event.position, args["tree_size"])

@@ -1,7 +1,8 @@
 from flask import current_app
-from flask_smorest import Blueprint
 
 from api.auth import requires
+from api.openapi import ERROR
+from api.routes import Blueprint
 from api.schemas import IssuedKey, PageArgs, PartyIn, PartyOut, PartyPage, RegisteredParty
 from ledger.errors import NotFound
 
@@ -16,6 +17,7 @@ def _registry():
 @requires("admin")
 @blp.arguments(PartyIn)
 @blp.response(201, RegisteredParty)
+@blp.alt_response(409, response=ERROR[409])
 def register(body):
     """Register a party (admin). The answer holds its first API key, shown only this once."""
     party, key = _registry().register(body["party_id"], body["name"], body["country"], body["role"])
