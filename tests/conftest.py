@@ -24,7 +24,7 @@ import requests
 from ledger.config import Settings
 from ledger.db import make_engine, upgrade
 from ledger.services import Ledger
-from tests.services import free_port
+from tests.services import PrivatePostgres, PrivateRedis, free_port
 
 REQUIRE_SERVICES = os.environ.get("LEDGER_REQUIRE_SERVICES") == "1"
 POSTGRES_ADMIN = os.environ.get("TEST_POSTGRES_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -111,6 +111,28 @@ def postgres_url(request):
     url, drop = fresh_postgres(request.getfixturevalue("postgres_template"))
     yield url
     drop()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of the test's own, which it may kill and start again."""
+    if PrivateRedis.missing():
+        service_missing("redis-server", PrivateRedis.missing())
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL cluster of the test's own, which it may stop and restart."""
+    if PrivatePostgres.missing():
+        service_missing("a private PostgreSQL", PrivatePostgres.missing())
+    server = PrivatePostgres()
+    server.start()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture

@@ -9,25 +9,13 @@ import time
 from collections import Counter
 
 import psycopg
-import pytest
 import requests
 
-from tests.conftest import POSTGRES_ADMIN, magledger, service_missing, start_server, stop_server
+from tests.conftest import POSTGRES_ADMIN, magledger, start_server, stop_server
 from tests.helpers import registered, unique
-from tests.services import PrivatePostgres
 
 CLIENTS = 6
 EVENTS_PER_CLIENT = 40
-
-
-@pytest.fixture
-def private_postgres():
-    if PrivatePostgres.missing():
-        service_missing("a private PostgreSQL", PrivatePostgres.missing())
-    server = PrivatePostgres()
-    server.start()
-    yield server
-    server.destroy()
 
 
 class Client:

@@ -16,19 +16,8 @@ import redis
 import requests
 from rq import Queue
 
-from tests.conftest import service_missing, start_server, stop_server
+from tests.conftest import start_server, stop_server
 from tests.helpers import registered, unique
-from tests.services import PrivateRedis
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if PrivateRedis.missing():
-        service_missing("redis-server", PrivateRedis.missing())
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _log_lines(path) -> list[dict]:

@@ -18,19 +18,8 @@ from rq.job import Job
 
 from ledger.config import ConfigError
 from ledger.services import Ledger
-from tests.conftest import magledger, service_missing, settings_for, start_server, stop_server
+from tests.conftest import magledger, settings_for, start_server, stop_server
 from tests.helpers import declared, parties, post, registered, unique
-from tests.services import PrivatePostgres, PrivateRedis
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    if PrivateRedis.missing():
-        service_missing("redis-server", PrivateRedis.missing())
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def start_worker(env: dict, log_path) -> subprocess.Popen:
@@ -213,11 +202,9 @@ def test_an_audit_requested_over_http_is_run_by_a_worker(postgres_url, private_r
         stop_server(server)
 
 
-def test_an_audit_that_fails_while_the_database_is_down_is_retried_and_finishes(private_redis, tmp_path):
-    if PrivatePostgres.missing():
-        service_missing("a private PostgreSQL", PrivatePostgres.missing())
-    postgres = PrivatePostgres()
-    postgres.start()
+def test_an_audit_that_fails_while_the_database_is_down_is_retried_and_finishes(private_postgres, private_redis,
+                                                                                 tmp_path):
+    postgres = private_postgres
     server = start_server(postgres.create_database("ledger"), tmp_path / "server.log", {"REDIS_URL": private_redis.url})
     worker = None
     try:
@@ -240,7 +227,6 @@ def test_an_audit_that_fails_while_the_database_is_down_is_retried_and_finishes(
             worker.terminate()
             worker.wait(timeout=30)
         stop_server(server)
-        postgres.destroy()
 
 
 def test_readyz_reports_a_dead_redis_as_degraded_but_stays_in_service(postgres_url, private_redis, tmp_path):
