@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from ledger.db import unavailable
 from ledger.errors import LedgerError
 
 log = logging.getLogger("magledger.api")
@@ -50,7 +51,7 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(DBAPIError)
     def database_error(error: DBAPIError):
-        if not _database_unavailable(error):
+        if not unavailable(error):
             return unexpected(error)
         # The database is down, restarting, read-only or full. A post whose connection broke
         # while committing may have been recorded; its retry answers the original receipt.
@@ -62,16 +63,6 @@ def install(app: Flask) -> None:
     def unexpected(error: Exception):
         log.exception("unhandled error")
         return problem(500, "Internal Server Error", "The server failed to answer; the error was logged.")
-
-
-# SQLSTATEs of a database that is up but cannot write: read-only transaction, standby.
-_READ_ONLY = {"25006"}
-
-
-def _database_unavailable(error: DBAPIError) -> bool:
-    if isinstance(error, OperationalError | InterfaceError):
-        return True
-    return getattr(error.orig, "sqlstate", None) in _READ_ONLY
 
 
 def _flatten(messages: dict, prefix: str = "") -> dict[str, list[str]]:

@@ -1,7 +1,8 @@
 """Soak: mixed traffic from 16 clients against the whole stack, with faults injected midway.
 
-Starts a PostgreSQL and a Redis of its own, `magledger serve` (2 processes), `magledger worker`
-and `magledger scheduler` (restarted when they exit, as a supervisor would), and runs 10,000
+Starts a PostgreSQL and a Redis of its own, `magledger serve` (2 processes, started as the
+tests start it), `magledger worker` and `magledger scheduler` (restarted when they exit, as a
+supervisor would), and runs 10,000
 requests from 16 concurrent partners: single and batched registrations, declarations,
 shipments and their receipts, reads with `min_position`, the feed, provenance, findings.
 A third of the way in, PostgreSQL is restarted; two thirds in, Redis is killed (SIGKILL) and
@@ -19,7 +20,6 @@ Exit status 0 on pass, 1 on fail. Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import random
@@ -38,7 +38,8 @@ import requests
 
 from ledger.config import Settings
 from ledger.services import Ledger
-from tests.services import PrivatePostgres, PrivateRedis, free_port
+from tests.conftest import magledger, start_server, stop_server
+from tests.services import PrivatePostgres, PrivateRedis
 
 OCCURRED = "2026-10-02T08:00:00+08:00"
 COUNTRIES = ["IN", "DE", "JP", "US", "BR", "VN", "KR", "MX"]
@@ -238,24 +239,6 @@ class Partner(threading.Thread):
         self._read(self.regulator, "/v1/findings?limit=50")
 
 
-def magledger(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ledger.cli", *args], check=False, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def wait_for_server(base: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited; see {log}")
-        try:
-            if requests.get(base + "/healthz", timeout=5).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):
-            time.sleep(0.2)
-    raise RuntimeError(f"the server did not start; see {log}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
@@ -280,30 +263,22 @@ def main() -> int:
 
 def soak(args, workdir: Path, postgres: PrivatePostgres, redis_server: PrivateRedis) -> int:
     database_url = postgres.create_database("soak")
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
-           "LEDGER_SIGNING_KEY": str(workdir / "signing.key"), "LEDGER_CHECKPOINT_CRON": "* * * * *"}
-    server_log = workdir / "server.log"
-    with open(server_log, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--port", str(port), "--workers", "2"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    server = start_server(database_url, workdir / "server.log", {"REDIS_URL": redis_server.url})
+    env = {**os.environ, **server.env}
     worker = Supervised(["worker"], env, workdir / "worker.log")
     scheduler = Supervised(["scheduler"], env, workdir / "scheduler.log")
     print(f"soak: {args.requests} requests from {args.clients} clients; logs in {workdir}")
     try:
-        wait_for_server(base, server, server_log)
         party_ids = [f"partner-{i:02d}" for i in range(args.clients)] + ["regulator"]
         keys = {}
         for i, party_id in enumerate(party_ids):
             role = "regulator" if party_id == "regulator" else "partner"
             country = "CN" if role == "regulator" else ["CN", *COUNTRIES][i % (len(COUNTRIES) + 1)]
-            added = magledger(env, "party", "add", party_id, "--name", party_id, "--country", country, "--role", role)
-            keys[party_id] = json.loads(added.stdout)["api_key"]
+            keys[party_id] = server.add_party(party_id, country, role)
         inboxes = [queue.Queue() for _ in party_ids]
         tally = Tally()
         budget = threading.Semaphore(args.requests)
-        clients = [Partner(i, base, keys, party_ids, inboxes, tally, budget, args.seed + i)
+        clients = [Partner(i, server.url, keys, party_ids, inboxes, tally, budget, args.seed + i)
                    for i in range(args.clients)]
         started = time.monotonic()
         for client in clients:
@@ -341,8 +316,8 @@ def soak(args, workdir: Path, postgres: PrivatePostgres, redis_server: PrivateRe
             rows = conn.execute("SELECT position, event_id::text FROM events ORDER BY position").fetchall()
         logged = {event_id: position for position, event_id in rows}
         gap_free = [position for position, _ in rows] == list(range(1, len(rows) + 1))
-        magledger(env, "checkpoint")
-        verified = magledger(env, "verify")
+        magledger("checkpoint", env=server.env)
+        verified = magledger("verify", env=server.env, check=False, timeout=600)
 
         latencies = sorted(tally.latencies)
         checks = {
@@ -373,8 +348,7 @@ def soak(args, workdir: Path, postgres: PrivatePostgres, redis_server: PrivateRe
     finally:
         worker.stop()
         scheduler.stop()
-        server.terminate()
-        server.wait(timeout=60)
+        stop_server(server)
 
 
 if __name__ == "__main__":

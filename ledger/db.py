@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
@@ -35,6 +36,18 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     # disconnect error, SQLAlchemy then replaces the whole pool, and the caller answers 503.
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
                          connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
+
+
+# SQLSTATEs of a database that is up but cannot write: a read-only transaction, a standby.
+_READ_ONLY = {"25006"}
+
+
+def unavailable(error: DBAPIError) -> bool:
+    """Whether the database could not take the work now (down, restarting, refusing
+    connections, read-only, full), rather than refusing it: the caller may retry later."""
+    if isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated:
+        return True
+    return getattr(error.orig, "sqlstate", None) in _READ_ONLY
 
 
 def writer(engine: Engine) -> Engine:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger import custody, merkle
 from ledger.custody import CustodyState, LoggedEvent
-from ledger.db import reader, writer
+from ledger.db import reader, unavailable, writer
 from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
 from ledger.events import Clock, NewEvent, RecordedEvent, canonical_envelope, format_time, leaf_hash, utc_now
 from ledger.parties import Party
@@ -441,7 +441,7 @@ def _recorded(row) -> RecordedEvent:
 
 
 def _database_error(error: DBAPIError) -> LedgerError:
-    if error.connection_invalidated or "connection" in str(error.orig).lower():
+    if unavailable(error):
         return Unavailable("The database is not reachable. Retry later: a post retried with the same event_id is "
                            "recorded once.")
     return error

@@ -1,13 +1,14 @@
 import logging
 
 from flask import current_app, request
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from api.auth import READERS, current_party, requires
 from api.metrics import APPENDS
 from api.openapi import ERROR
 from api.routes import Blueprint
 from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
+from ledger.db import unavailable
 from ledger.errors import Invalid, NotFound
 from ledger.events import loads, parse_post
 
@@ -57,10 +58,11 @@ def post_events():
         # catch-up (the next append's, or the periodic one) brings the projections up.
         try:
             current_app.extensions["magledger_after_append"]()
-        except (OperationalError, InterfaceError) as error:
-            log.warning("projection catch-up after append failed: the database is unavailable: %s", error.orig)
-        except Exception:
-            log.exception("projection catch-up after append failed")
+        except Exception as error:
+            if isinstance(error, DBAPIError) and unavailable(error):
+                log.warning("projection catch-up after append failed: the database is unavailable: %s", error.orig)
+            else:
+                log.exception("projection catch-up after append failed")
     return {"receipts": result.receipts}, 201 if result.created else 200
 
 
