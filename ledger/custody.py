@@ -8,11 +8,11 @@ are recorded, never rejected: holdings are signed sums and the rules judge them 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ledger import fastjson
 from ledger.errors import Conflict, Forbidden, Invalid, NotFound
 from ledger.events import NewEvent, mass_to_mg
 from ledger.parties import Party
@@ -78,7 +78,7 @@ _ABSENT = object()
 def _logged_event(row: dict) -> LoggedEvent:
     receipt = {name: row[name] for name in ("event_id", "position", "version", "recorded_at", "leaf_hash")}
     return LoggedEvent(row["event_id"], row["batch_id"], row["type"], row["actor"], row["content_digest"],
-                       receipt, json.loads(row["effects"]))
+                       receipt, fastjson.loads(row["effects"]))
 
 
 class CustodyState:

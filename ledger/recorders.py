@@ -5,7 +5,7 @@ what that server does fastest: the lock and every look-up together in one round 
 (psycopg's pipeline mode; the look-ups run as one statement after the lock, so they see
 everything committed before it), and every write of a group commit as one statement
 (data-modifying CTEs, each table's rows sent as one JSON parameter and expanded by
-json_populate_recordset, which costs the client one C-speed json.dumps per table), so a
+json_populate_recordset, which costs the client one orjson encoding per table), so a
 group commit of any size costs two round trips and a COMMIT.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from sqlalchemy import Connection, Executable, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from ledger import fastjson
 from ledger.schema import log_head, metadata
 
 CHUNK = 900
@@ -180,7 +180,7 @@ class PostgresRecorder(SqlRecorder):
         if not present and head is None:
             return
         shape = tuple((item.table, tuple(item.rows[0]), item.conflict) for item in present)
-        params = [json.dumps(item.rows, separators=(",", ":"), ensure_ascii=False) for item in present]
+        params = [fastjson.dumps(item.rows) for item in present]
         with _translated():
             self.raw.cursor().execute(_write_statement(shape, head is not None),
                                       [*params, head] if head is not None else params)

@@ -20,7 +20,6 @@ commits once.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
-from ledger import custody, merkle
+from ledger import custody, fastjson, merkle
 from ledger.custody import CustodyState, LoggedEvent
 from ledger.db import reader, unavailable, writer
 from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
@@ -336,7 +335,7 @@ class EventStore:
             "position": position, "event_id": event.event_id, "type": event.type,
             "batch_id": event.batch_id, "version": version, "actor": actor.party_id,
             "occurred_at": event.occurred_at, "recorded_at": recorded_at, "data": event.data_json,
-            "leaf_hash": leaf, "content_digest": digest, "effects": json.dumps(effects, separators=(",", ":")),
+            "leaf_hash": leaf, "content_digest": digest, "effects": fastjson.dumps(effects),
         }
         return receipt, row
 
@@ -378,7 +377,7 @@ class EventStore:
         if until is not None:
             query = query.where(events.c.position <= until)
         rows = conn.execute(query.order_by(events.c.position).limit(limit))
-        return [(_recorded(row), json.loads(row[-1])) for row in rows]
+        return [(_recorded(row), fastjson.loads(row[-1])) for row in rows]
 
     def stream(self, batch_id: str, after_version: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         query = (select(*_ENVELOPE_COLUMNS)
@@ -437,7 +436,7 @@ def _recorded(row) -> RecordedEvent:
     of reading by name when a rebuild reads millions of rows."""
     event_id, type_, batch_id, actor, occurred_at, recorded_at, position, version, data, leaf_hash = row[:10]
     return RecordedEvent(event_id, type_, batch_id, actor, occurred_at, recorded_at, position, version,
-                         json.loads(data), leaf_hash)
+                         fastjson.loads(data), leaf_hash)
 
 
 def _database_error(error: DBAPIError) -> LedgerError:

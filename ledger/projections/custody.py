@@ -12,11 +12,12 @@ import json
 from collections.abc import Iterable
 from decimal import Decimal
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, select
 
 from ledger.events import RecordedEvent, mass_to_mg
 from ledger.projections.engine import Projection
-from ledger.recorders import Write, recorder_for
+from ledger.projections.rows import GenerationRows
+from ledger.recorders import Write
 from ledger.schema import (
     parties,
     pj_batches,
@@ -36,13 +37,13 @@ def _countries(conn: Connection, party_ids: Iterable[str]) -> dict[str, str]:
     return dict(conn.execute(select(parties.c.party_id, parties.c.country).where(parties.c.party_id.in_(ids))).all())
 
 
-def _load(conn: Connection, table, generation: int, key_columns: list[str], keys: Iterable[tuple]) -> dict:
+def _load(rows: GenerationRows, table, key_columns: list[str], keys: Iterable[tuple]) -> dict:
     """Rows of one generation by key, looked up by the key's first column (an index prefix)
     and filtered here: a row-value IN list would not use the index."""
     wanted = set(keys)
-    rows = recorder_for(conn).select_generation(table.name, generation, key_columns[0], {key[0] for key in wanted})
+    found_rows = rows.select(table.name, key_columns[0], {key[0] for key in wanted})
     found: dict = {}
-    for row in rows:
+    for row in found_rows:
         key = tuple(row[name] for name in key_columns)
         if key in wanted:
             found[key] = row
@@ -57,22 +58,23 @@ class BatchState(Projection):
     version = 1
     tables = (pj_batches, pj_holdings, pj_declarations)
 
-    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+    def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
+        generation = rows.generation
         touched_batches, touched_holdings = set(), set()
         for event, effects in events:
             touched_batches.add(event.batch_id)
             touched_batches.update(p["batch_id"] for p in event.data.get("children", ()))
             touched_batches.update(b for b, _ in effects.get("remaining", ()))
             touched_holdings.update((b, p) for b, p, _ in effects.get("holdings", ()))
-        batches = {k[0]: v for k, v in _load(conn, pj_batches, generation, ["batch_id"],
+        batches = {k[0]: v for k, v in _load(rows, pj_batches, ["batch_id"],
                                                [(b,) for b in touched_batches]).items()}
-        holdings = {k: v for k, v in _load(conn, pj_holdings, generation, ["batch_id", "party_id"],
+        holdings = {k: v for k, v in _load(rows, pj_holdings, ["batch_id", "party_id"],
                                            touched_holdings).items()}
-        countries = _countries(conn, [e.actor for e, _ in events if e.type == "batch.transformed"])
+        countries = _countries(rows.conn, [e.actor for e, _ in events if e.type == "batch.transformed"])
         declarations: dict[str, dict] = {}
         voided = [e.data["voided_event_id"] for e, _ in events if e.type == "event.voided"]
         if voided:
-            declarations.update({k[0]: v for k, v in _load(conn, pj_declarations, generation, ["event_id"],
+            declarations.update({k[0]: v for k, v in _load(rows, pj_declarations, ["event_id"],
                                                             [(v,) for v in voided]).items()})
         for event, effects in events:
             self._create_batches(event, batches, countries, generation)
@@ -91,7 +93,7 @@ class BatchState(Projection):
             for batch_id in {event.batch_id, *(b for b, _ in effects.get("remaining", ()))}:
                 if batch_id in batches:
                     batches[batch_id]["updated_position"] = event.position
-        recorder_for(conn).write([
+        rows.write([
             Write("pj_batches", list(batches.values()), ("generation", "batch_id"),
                   ("current_mass_mg", "updated_position")),
             Write("pj_holdings", list(holdings.values()), ("generation", "batch_id", "party_id"), ("mass_mg",)),
@@ -128,18 +130,19 @@ class Shipments(Projection):
     version = 1
     tables = (pj_shipments,)
 
-    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+    def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
+        generation = rows.generation
         refs = {e.data["shipment_ref"] for e, _ in events if "shipment_ref" in e.data}
         refs |= {fx["shipment"][0] for _, fx in events if "shipment" in fx}
         if not refs:
             return
-        rows = {k[0]: v for k, v in _load(conn, pj_shipments, generation, ["shipment_ref"],
-                                            [(r,) for r in refs]).items()}
-        countries = _countries(conn, [e.data["to_party"] for e, _ in events if e.type == "custody.shipped"])
+        shipments = {k[0]: v for k, v in _load(rows, pj_shipments, ["shipment_ref"],
+                                                 [(r,) for r in refs]).items()}
+        countries = _countries(rows.conn, [e.data["to_party"] for e, _ in events if e.type == "custody.shipped"])
         for event, effects in events:
             data = event.data
             if event.type == "custody.shipped":
-                rows[data["shipment_ref"]] = {
+                shipments[data["shipment_ref"]] = {
                     "generation": generation, "shipment_ref": data["shipment_ref"], "batch_id": event.batch_id,
                     "from_party": event.actor, "to_party": data["to_party"],
                     "destination_country": data.get("destination_country") or countries.get(data["to_party"], ""),
@@ -147,16 +150,16 @@ class Shipments(Projection):
                     "status": "open", "shipped_event_id": event.event_id, "received_event_id": None,
                     "shipped_at": event.occurred_at, "received_at": None}
             elif event.type == "custody.received":
-                rows[data["shipment_ref"]].update(
+                shipments[data["shipment_ref"]].update(
                     status="received", received_mg=mass_to_mg(data["mass_kg"]), received_by=event.actor,
                     received_event_id=event.event_id, received_at=event.occurred_at)
             elif event.type == "event.voided" and "shipment" in effects:
                 ref, status = effects["shipment"]
-                rows[ref]["status"] = status
+                shipments[ref]["status"] = status
                 if status == "open":
-                    rows[ref].update(received_mg=None, received_by=None, received_event_id=None, received_at=None)
-        recorder_for(conn).write([Write(
-            "pj_shipments", list(rows.values()), ("generation", "shipment_ref"),
+                    shipments[ref].update(received_mg=None, received_by=None, received_event_id=None, received_at=None)
+        rows.write([Write(
+            "pj_shipments", list(shipments.values()), ("generation", "shipment_ref"),
             ("status", "received_mg", "received_by", "received_event_id", "received_at"))])
 
 
@@ -168,11 +171,12 @@ class Lineage(Projection):
     version = 1
     tables = (pj_lineage,)
 
-    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+    def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
+        generation = rows.generation
         edges: dict[tuple[str, str], dict] = {}
         voided = {e.data["voided_event_id"] for e, _ in events if e.type == "event.voided"}
         if voided:
-            for row in recorder_for(conn).select_generation("pj_lineage", generation, "event_id", voided):
+            for row in rows.select("pj_lineage", "event_id", voided):
                 edges[(row["parent"], row["child"])] = row
         for event, _ in events:
             data = event.data
@@ -190,7 +194,7 @@ class Lineage(Projection):
                 for edge in edges.values():
                     if edge["event_id"] == data["voided_event_id"]:
                         edge["voided"] = True
-        recorder_for(conn).write([Write("pj_lineage", list(edges.values()), ("generation", "parent", "child"),
+        rows.write([Write("pj_lineage", list(edges.values()), ("generation", "parent", "child"),
                                         ("voided",))])
 
     @staticmethod
@@ -213,8 +217,8 @@ class Shares(Projection):
     version = 1
     tables = (pj_shares, pj_share_edges)
 
-    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
-        state = _ShareState(conn, generation)
+    def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
+        state = _ShareState(rows)
         state.load_shares([e.batch_id for e, _ in events if e.type == "batch.split"]
                           + [p["batch_id"] for e, _ in events if e.type == "batch.transformed" for p in e.data["inputs"]])
         for event, _ in events:
@@ -234,9 +238,8 @@ class Shares(Projection):
 class _ShareState:
     """The shares and edges one batch of events touches, loaded on demand."""
 
-    def __init__(self, conn: Connection, generation: int):
-        self.conn, self.generation = conn, generation
-        self.recorder = recorder_for(conn)
+    def __init__(self, rows: GenerationRows):
+        self.rows, self.generation = rows, rows.generation
         self.shares: dict[str, dict[str, Decimal]] = {}
         self.parents: dict[str, list[dict]] = {}
         self.changed_shares: set[str] = set()
@@ -246,13 +249,12 @@ class _ShareState:
         missing = [b for b in set(batch_ids) if b not in self.shares]
         for batch_id in missing:
             self.shares[batch_id] = {}
-        for row in self.recorder.select_generation("pj_shares", self.generation, "batch_id", missing):
+        for row in self.rows.select("pj_shares", "batch_id", missing):
             self.shares[row["batch_id"]][row["ancestor"]] = Decimal(row["share"])
 
     def _load_parents(self, batch_id: str) -> list[dict]:
         if batch_id not in self.parents:
-            self.parents[batch_id] = self.recorder.select_generation("pj_share_edges", self.generation, "child",
-                                                                     [batch_id])
+            self.parents[batch_id] = self.rows.select("pj_share_edges", "child", [batch_id])
         return self.parents[batch_id]
 
     def make(self, child: str, parents: list[tuple[str, Decimal, str]]) -> None:
@@ -276,7 +278,7 @@ class _ShareState:
         self.changed_shares.add(child)
 
     def void(self, event_id: str) -> None:
-        edges = [e for e in self.recorder.select_generation("pj_share_edges", self.generation, "event_id", [event_id])]
+        edges = [e for e in self.rows.select("pj_share_edges", "event_id", [event_id])]
         edges += [e for e in self.changed_edges.values() if e["event_id"] == event_id]
         for edge in edges:
             for known in self._load_parents(edge["child"]):
@@ -292,7 +294,7 @@ class _ShareState:
         frontier = list(roots)
         while frontier:
             order.extend(frontier)
-            rows = self.recorder.select_generation("pj_share_edges", self.generation, "parent", frontier)
+            rows = self.rows.select("pj_share_edges", "parent", frontier)
             rows += [e for e in self.changed_edges.values() if e["parent"] in frontier]
             frontier = sorted({r["child"] for r in rows})
         seen, result = set(), []
@@ -303,10 +305,8 @@ class _ShareState:
         return list(reversed(result))
 
     def write(self) -> None:
-        if self.changed_shares:
-            self.conn.execute(delete(pj_shares).where(pj_shares.c.generation == self.generation,
-                                                      pj_shares.c.batch_id.in_(sorted(self.changed_shares))))
-        self.recorder.write([
+        self.rows.delete("pj_shares", "batch_id", self.changed_shares)
+        self.rows.write([
             Write("pj_shares", [{"generation": self.generation, "batch_id": b, "ancestor": a, "share": str(v)}
                                 for b in sorted(self.changed_shares) for a, v in sorted(self.shares[b].items())]),
             Write("pj_share_edges", list(self.changed_edges.values()), ("generation", "child", "parent"), ("voided",)),

@@ -21,11 +21,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ledger.db import reader, writer
 from ledger.events import Clock, RecordedEvent, format_time, utc_now
+from ledger.projections.rows import CACHE_ROWS, GenerationRows, RowCache
 from ledger.recorders import recorder_for
 from ledger.schema import log_head, projection_state
 from ledger.store import EventStore
@@ -42,8 +43,11 @@ class Projection:
     tables: tuple[Table, ...]
     requires: tuple[str, ...] = ()
     """Projections whose serving rows `apply` reads: they are caught up in the same steps."""
+    reads_own_rows: bool = True
+    """Whether `apply` looks its own rows up (through `rows.select`): a rebuild then keeps
+    them in memory."""
 
-    def apply(self, conn: Connection, generation: int, events: list[tuple[RecordedEvent, dict]]) -> None:
+    def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
         raise NotImplementedError
 
 
@@ -65,6 +69,8 @@ class ProjectionEngine:
         self.batch_size = batch_size
         self._writer = writer(engine)
         self._reads = reader(engine)
+        self._caches: dict[tuple[str, int], RowCache] = {}
+        """Rows of the generations this process is rebuilding, valid at their position."""
 
     # --- catching up ---------------------------------------------------------------------
 
@@ -80,6 +86,15 @@ class ProjectionEngine:
     def _step(self, targets: list[tuple[str, int]]) -> Progress:
         """Apply the next batch of events to each (projection, generation), each with its
         checkpoint, in one transaction; the batch is read once for all of them."""
+        try:
+            return self._apply_next(targets)
+        except BaseException:
+            # Rows written in memory by a transaction that did not commit are not the truth.
+            for target in targets:
+                self._caches.pop(target, None)
+            raise
+
+    def _apply_next(self, targets: list[tuple[str, int]]) -> Progress:
         with self._writer.begin() as conn:
             recorder_for(conn).prefer_index_lookups()
             rows = conn.execute(select(projection_state.c.name, projection_state.c.generation,
@@ -103,12 +118,24 @@ class ProjectionEngine:
                     unseen = [item for item in batch if item[0].position > position]
                     if not unseen:
                         continue
-                    self.projections[name].apply(conn, generation, unseen)
+                    cache = self._cache(name, generation, position)
+                    self.projections[name].apply(GenerationRows(conn, generation, cache), unseen)
                     conn.execute(update(projection_state)
                                  .where(projection_state.c.name == name, projection_state.c.generation == generation)
                                  .values(position=last, updated_at=now))
+                    if cache is not None:
+                        cache.position = last
         position = batch[-1][0].position if batch else start
         return Progress(",".join(name for name, _ in targets), position, head, len(batch))
+
+    def _cache(self, name: str, generation: int, position: int) -> RowCache | None:
+        """The in-memory rows of a generation this process is rebuilding, if they are still
+        exactly what is committed: nobody else advanced it, and it has not grown too big."""
+        cache = self._caches.get((name, generation))
+        if cache is not None and (cache.position != position or cache.size > CACHE_ROWS):
+            del self._caches[(name, generation)]
+            return None
+        return cache
 
     def _with_requirements(self, names: Iterable[str]) -> list[str]:
         wanted = set(names)
@@ -161,12 +188,19 @@ class ProjectionEngine:
         never starts a second rebuild."""
         pending = [(name, generation) for name, generation in targets.items()
                    if self._status(name, generation) == "building"]
-        while pending:
-            step = self._step(pending)
-            if on_progress:
-                on_progress(step)
-            if step.applied == 0:
-                break
+        for name, generation in pending:
+            if self.projections[name].reads_own_rows and self._position(name, generation) == 0:
+                self._caches[(name, generation)] = RowCache()
+        try:
+            while pending:
+                step = self._step(pending)
+                if on_progress:
+                    on_progress(step)
+                if step.applied == 0:
+                    break
+        finally:
+            for key in pending:
+                self._caches.pop(key, None)
         for name, generation in pending:
             self._switch(name, generation)
         return dict(targets)
@@ -192,7 +226,7 @@ class ProjectionEngine:
                 return
             position = mine.position
             while batch := self.store.effects_after(conn, position, self.batch_size):
-                projection.apply(conn, generation, batch)
+                projection.apply(GenerationRows(conn, generation), batch)
                 position = batch[-1][0].position
             now = format_time(self.clock())
             conn.execute(update(projection_state)
@@ -237,6 +271,11 @@ class ProjectionEngine:
     def _status(self, name: str, generation: int) -> str | None:
         with self._reads.connect() as conn:
             return conn.execute(select(projection_state.c.status).where(
+                projection_state.c.name == name, projection_state.c.generation == generation)).scalar()
+
+    def _position(self, name: str, generation: int) -> int | None:
+        with self._reads.connect() as conn:
+            return conn.execute(select(projection_state.c.position).where(
                 projection_state.c.name == name, projection_state.c.generation == generation)).scalar()
 
     def _state(self, name: str, status: str):

@@ -13,12 +13,14 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, and_, any_, delete, literal, select
+from sqlalchemy import Connection, any_, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from ledger import fastjson
 from ledger.events import parse_time
 from ledger.projections.engine import Projection
-from ledger.recorders import Write, recorder_for
+from ledger.projections.rows import GenerationRows
+from ledger.recorders import Write
 from ledger.rules import Declaration, Event, Facts, Finding, RuleConfig, destination, judge
 from ledger.schema import (
     batches,
@@ -182,7 +184,7 @@ _EVENT_COLUMNS = (events.c.event_id, events.c.type, events.c.batch_id, events.c.
 
 
 def _event(row) -> Event:
-    data, effects = json.loads(f"[{row.data},{row.effects}]")
+    data, effects = fastjson.loads(f"[{row.data},{row.effects}]")
     return Event(row.event_id, row.type, row.batch_id, row.actor, _occurred(row.occurred_at), row.position, data,
                  effects)
 
@@ -215,20 +217,18 @@ class Findings(Projection):
     version = 1
     tables = (pj_findings,)
     requires = ("batch_state", "shares")
+    reads_own_rows = False
 
     def __init__(self, config: RuleConfig | None = None):
         self.config = config or RuleConfig()
 
-    def apply(self, conn: Connection, generation: int, new_events) -> None:
-        source = FactSource(conn, self.config, serving_generations(conn))
+    def apply(self, rows: GenerationRows, new_events) -> None:
+        source = FactSource(rows.conn, self.config, serving_generations(rows.conn))
         touched = sorted(touched_batches(source, (event for event, _ in new_events)))
         position = new_events[-1][0].position
-        findings = list(source.judge(touched, position))
-        for start in range(0, len(touched), CHUNK):
-            conn.execute(delete(pj_findings).where(and_(pj_findings.c.generation == generation,
-                                                        pj_findings.c.batch_id.in_(touched[start:start + CHUNK]))))
-        rows = {f.finding_id: finding_row(f, generation) for f in findings}
-        recorder_for(conn).write([Write("pj_findings", list(rows.values()))])
+        findings = {f.finding_id: finding_row(f, rows.generation) for f in source.judge(touched, position)}
+        rows.delete("pj_findings", "batch_id", touched)
+        rows.write([Write("pj_findings", list(findings.values()))])
 
 
 def finding_row(finding: Finding, generation: int) -> dict:

@@ -1,0 +1,116 @@
+"""A generation's rows as a projection reads and writes them while it catches up.
+
+A rebuild starts a generation from nothing, so nearly every look-up it makes (is there a
+row for this new batch yet?) finds nothing, and on a million-event log those index probes
+were a quarter of the rebuild's time. While one process builds a generation from position 0,
+the engine keeps a copy of every row the generation holds (`RowCache`): look-ups are
+answered from it, and the database still receives every write in the same transaction as
+the checkpoint, so the copy is only ever a faster way to read what is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Connection, delete
+
+from ledger.recorders import Write, recorder_for
+from ledger.schema import metadata
+
+CACHE_ROWS = 3_000_000
+"""Above this many rows, a rebuild drops its copy and reads from the database instead. A
+rebuild of all four custody projections over 1,000,000 events holds about 2,600,000 rows,
+and the process then peaked at 2.0 GB resident (measured)."""
+
+
+class RowCache:
+    """Every row of one generation, as of a checkpoint position, by primary key, with an
+    index for each column looked up by."""
+
+    def __init__(self, position: int = 0):
+        self.position = position
+        self.size = 0
+        self._rows: dict[str, dict[tuple, dict]] = {}
+        self._indexes: dict[str, dict[str, dict[object, set[tuple]]]] = {}
+
+    def select(self, table: str, column: str, keys: Iterable) -> list[dict]:
+        index = self._index(table, column)
+        rows = self._rows.get(table, {})
+        return [dict(rows[pk]) for key in set(keys) for pk in index.get(key, ())]
+
+    def write(self, item: Write) -> None:
+        table_rows = self._rows.setdefault(item.table, {})
+        indexes = self._indexes.get(item.table, {})
+        key_columns = _primary_key(item.table)
+        for row in item.rows:
+            pk = tuple(row[c] for c in key_columns)
+            current = table_rows.get(pk)
+            if current is None:
+                table_rows[pk] = current = dict(row)
+                self.size += 1
+                for column, index in indexes.items():
+                    index.setdefault(current[column], set()).add(pk)
+            elif not item.keys:
+                raise ValueError(f"{item.table}: a plain insert of a row that exists, {pk}")
+            else:
+                for column in item.updates:
+                    if column in indexes and current[column] != row[column]:
+                        indexes[column][current[column]].discard(pk)
+                        indexes[column].setdefault(row[column], set()).add(pk)
+                    current[column] = row[column]
+
+    def delete(self, table: str, column: str, keys: Iterable) -> int:
+        """Removes the rows whose `column` is one of `keys`; returns how many there were."""
+        table_rows = self._rows.get(table, {})
+        doomed = [pk for key in set(keys) for pk in self._index(table, column).get(key, ())]
+        for pk in doomed:
+            row = table_rows.pop(pk)
+            for name, index in self._indexes.get(table, {}).items():
+                index[row[name]].discard(pk)
+        self.size -= len(doomed)
+        return len(doomed)
+
+    def _index(self, table: str, column: str) -> dict[object, set[tuple]]:
+        indexes = self._indexes.setdefault(table, {})
+        if column not in indexes:
+            index: dict[object, set[tuple]] = {}
+            for pk, row in self._rows.get(table, {}).items():
+                index.setdefault(row[column], set()).add(pk)
+            indexes[column] = index
+        return indexes[column]
+
+
+class GenerationRows:
+    """What `Projection.apply` reads and writes: one generation's rows, on the catch-up's
+    connection, answered from a `RowCache` when the engine keeps one."""
+
+    def __init__(self, conn: Connection, generation: int, cache: RowCache | None = None):
+        self.conn = conn
+        self.generation = generation
+        self.cache = cache
+        self._recorder = recorder_for(conn)
+
+    def select(self, table: str, column: str, keys: Iterable) -> list[dict]:
+        """The generation's rows of `table` whose `column` is one of `keys`."""
+        if self.cache is not None:
+            return self.cache.select(table, column, keys)
+        return self._recorder.select_generation(table, self.generation, column, keys)
+
+    def write(self, writes: Sequence[Write]) -> None:
+        self._recorder.write(writes)
+        if self.cache is not None:
+            for item in writes:
+                self.cache.write(item)
+
+    def delete(self, table: str, column: str, keys: Iterable) -> None:
+        keys = sorted(set(keys))
+        if self.cache is not None and not self.cache.delete(table, column, keys):
+            return
+        target = metadata.tables[table]
+        for start in range(0, len(keys), 500):
+            self.conn.execute(delete(target).where(target.c.generation == self.generation,
+                                                   target.c[column].in_(keys[start:start + 500])))
+
+
+def _primary_key(table: str) -> tuple[str, ...]:
+    return tuple(c.name for c in metadata.tables[table].primary_key.columns)
