@@ -194,8 +194,7 @@ class Lineage(Projection):
                 for edge in edges.values():
                     if edge["event_id"] == data["voided_event_id"]:
                         edge["voided"] = True
-        rows.write([Write("pj_lineage", list(edges.values()), ("generation", "parent", "child"),
-                                        ("voided",))])
+        rows.write([Write("pj_lineage", list(edges.values()), ("generation", "parent", "child"), ("voided",))])
 
     @staticmethod
     def _edge(generation, event, parent, child, mass, child_mass) -> dict:

@@ -186,10 +186,10 @@ class ProjectionEngine:
         """Bring these building generations up to the head and switch to them. One that is
         no longer building (another process finished it) is left alone, so a retried job
         never starts a second rebuild."""
-        pending = [(name, generation) for name, generation in targets.items()
-                   if self._status(name, generation) == "building"]
+        states = {(name, generation): self._generation(name, generation) for name, generation in targets.items()}
+        pending = [key for key, state in states.items() if state is not None and state.status == "building"]
         for name, generation in pending:
-            if self.projections[name].reads_own_rows and self._position(name, generation) == 0:
+            if self.projections[name].reads_own_rows and states[(name, generation)].position == 0:
                 self._caches[(name, generation)] = RowCache()
         try:
             while pending:
@@ -269,14 +269,13 @@ class ProjectionEngine:
         return generation
 
     def _status(self, name: str, generation: int) -> str | None:
-        with self._reads.connect() as conn:
-            return conn.execute(select(projection_state.c.status).where(
-                projection_state.c.name == name, projection_state.c.generation == generation)).scalar()
+        row = self._generation(name, generation)
+        return row.status if row is not None else None
 
-    def _position(self, name: str, generation: int) -> int | None:
+    def _generation(self, name: str, generation: int):
         with self._reads.connect() as conn:
-            return conn.execute(select(projection_state.c.position).where(
-                projection_state.c.name == name, projection_state.c.generation == generation)).scalar()
+            return conn.execute(select(projection_state).where(
+                projection_state.c.name == name, projection_state.c.generation == generation)).first()
 
     def _state(self, name: str, status: str):
         with self._reads.connect() as conn:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, delete
 
-from ledger.recorders import Write, recorder_for
+from ledger.recorders import CHUNK, Write, recorder_for
 from ledger.schema import metadata
 
 CACHE_ROWS = 3_000_000
@@ -107,9 +107,9 @@ class GenerationRows:
         if self.cache is not None and not self.cache.delete(table, column, keys):
             return
         target = metadata.tables[table]
-        for start in range(0, len(keys), 500):
+        for start in range(0, len(keys), CHUNK):
             self.conn.execute(delete(target).where(target.c.generation == self.generation,
-                                                   target.c[column].in_(keys[start:start + 500])))
+                                                   target.c[column].in_(keys[start:start + CHUNK])))
 
 
 def _primary_key(table: str) -> tuple[str, ...]:
