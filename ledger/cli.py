@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 
 import click
@@ -81,7 +82,9 @@ def projections() -> None:
 @click.argument("name", required=False)
 @click.option("--queue", "on_queue", is_flag=True,
               help="Hand the rebuild to a worker (needs REDIS_URL) and print the job id instead of waiting.")
-def projections_rebuild(name: str | None, on_queue: bool) -> None:
+@click.option("--processes", default=os.cpu_count() or 1, show_default="the CPUs", type=click.IntRange(1, 64),
+              help="Fold independent projections in this many processes at once (PostgreSQL only).")
+def projections_rebuild(name: str | None, on_queue: bool, processes: int) -> None:
     """Rebuild one projection (or all) into a new generation, then switch to it.
 
     An interrupted rebuild resumes from its checkpoints when run again.
@@ -114,7 +117,7 @@ def projections_rebuild(name: str | None, on_queue: bool) -> None:
             bar.update(max(step.position - seen["position"], 0))
             seen["position"] = step.position
 
-        generations = ledger.projections.rebuild(names, on_progress=advance)
+        generations = ledger.projections.rebuild(names, on_progress=advance, processes=processes)
     elapsed = time.perf_counter() - started
     click.echo(json.dumps({"projections": generations, "events": head, "seconds": round(elapsed, 3),
                            "events_per_second": round(head / elapsed) if elapsed > 0 else None}))

@@ -116,6 +116,11 @@ class SqlRecorder:
     def prefer_index_lookups(self, session: bool = False) -> None:
         """Keep key look-ups on their indexes even when the planner's statistics are stale."""
 
+    def refresh_statistics(self, tables: Iterable[str]) -> list[str]:
+        """Bring the planner's statistics of these tables up to date where they are missing
+        or stale; returns the tables analyzed. SQLite plans these look-ups well without."""
+        return []
+
 
 class PostgresRecorder(SqlRecorder):
     def __init__(self, conn: Connection):
@@ -142,6 +147,24 @@ class PostgresRecorder(SqlRecorder):
         scope = "SESSION" if session else "LOCAL"
         with _translated(), self.raw.cursor() as cursor:
             cursor.execute(f"SET {scope} enable_seqscan = off")
+
+    def refresh_statistics(self, tables: Iterable[str]) -> list[str]:
+        """ANALYZE the tables that have never been analyzed or have changed by more than a
+        tenth since (autovacuum's own measure), as PostgreSQL advises after a bulk load.
+
+        Measured on a 200,000-event log never analyzed (autovacuum off), the rebuild's
+        look-ups of events by batch up to a position took 38 ms per 500 batches on the
+        position index instead of 4 ms on the batch index; and a rebuild's switch makes
+        every projection table's statistics describe the generation it retired."""
+        with _translated(), self.raw.cursor() as cursor:
+            cursor.execute("SELECT relname FROM pg_stat_user_tables WHERE relname = ANY(%s) AND "
+                           "(coalesce(last_analyze, last_autoanalyze) IS NULL AND n_live_tup > 0 "
+                           "OR n_mod_since_analyze > 50 + 0.1 * n_live_tup) ORDER BY relname",
+                           (sorted(tables),))
+            stale = [name for (name,) in cursor.fetchall()]
+            for name in stale:
+                cursor.execute(f'ANALYZE "{name}"')
+        return stale
 
     def rows(self, query: Executable) -> list[tuple]:
         """On the driver's cursor, which works inside a pipeline (SQLAlchemy's result does not)."""

@@ -3,6 +3,7 @@ same rows as catching up, and that readers never see a half-built generation."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
@@ -126,6 +127,50 @@ def test_a_rebuild_reads_the_database_again_once_another_process_has_advanced_it
     assert {name: first.projections.digest(name) for name in first.projections.projections} == digests
     first.close()
     second.close()
+
+
+def test_a_rebuild_split_across_processes_gives_the_rows_of_one_in_a_single_process(postgres_url, clock):
+    """The custody projections fold in one process and the findings in another; the result
+    must be what a single process builds, findings included."""
+    ledger = Ledger.open(settings_for(postgres_url), clock=clock)
+    cast = parties(ledger)
+    for _ in range(3):
+        ids = story(ledger, cast)
+        # The motors leave India for the United States: a diversion of declared magnets.
+        post(ledger, cast["motors"], event("custody.exported", ids["motor"], {"to_country": "US",
+                                                                            "customs_ref": unique("SB")}))
+    ledger.projections.catch_up()
+    digests = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+    assert ledger.diversion.findings(limit=100)[0], "the log must give findings for this test to mean anything"
+    engine = ledger.projections
+    engine.batch_size = 4
+    assert engine.rebuild_groups(engine.projections) == [["batch_state", "shipments", "lineage", "shares"],
+                                                         ["findings"]]
+    progress = []
+    serving = engine.rebuild(processes=2, on_progress=progress.append)
+    assert {name: engine.digest(name) for name in engine.projections} == digests
+    assert all(engine._status(name, generation) == "serving" for name, generation in serving.items())
+    # The other processes folded the whole log: this one applied nothing itself.
+    assert progress and progress[-1].position == ledger.store.last_position()
+    assert all(step.applied == 0 for step in progress)
+    ledger.close()
+
+
+def test_statistics_are_refreshed_only_where_missing_or_stale(database_url, clock):
+    ledger = Ledger.open(settings_for(database_url), clock=clock)
+    cast = parties(ledger)
+    story(ledger, cast)
+    if ledger.engine.dialect.name == "sqlite":
+        assert ledger.projections.refresh_statistics() == []
+        return
+    # A server process reports its changes when it exits, or within seconds when idle.
+    ledger.store.close()
+    deadline = time.monotonic() + 30
+    while "events" not in (analyzed := ledger.projections.refresh_statistics()):
+        assert time.monotonic() < deadline, analyzed
+        time.sleep(0.2)
+    assert "events" not in ledger.projections.refresh_statistics()
+    ledger.close()
 
 
 def test_a_changed_projection_version_is_rebuilt_before_it_serves(ledger):

@@ -17,21 +17,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ledger.db import reader, writer
+from ledger.db import make_engine, reader, writer
 from ledger.events import Clock, RecordedEvent, format_time, utc_now
 from ledger.projections.rows import CACHE_ROWS, GenerationRows, RowCache
 from ledger.recorders import recorder_for
-from ledger.schema import log_head, projection_state
+from ledger.schema import log_head, metadata, projection_state
 from ledger.store import EventStore
 
 BATCH_SIZE = 5000
+STALE_AFTER_EVENTS = 50_000
+"""A fold of more events than this refreshes the planner's statistics first."""
 
 
 class Projection:
@@ -157,9 +161,11 @@ class ProjectionEngine:
     # --- rebuilding ----------------------------------------------------------------------
 
     def rebuild(self, names: Iterable[str] | None = None,
-                on_progress: Callable[[Progress], None] | None = None) -> dict[str, int]:
-        """Build a new generation of each projection beside the serving one, reading the log
-        once for all of them, and switch each over once caught up.
+                on_progress: Callable[[Progress], None] | None = None, processes: int = 1) -> dict[str, int]:
+        """Build a new generation of each projection beside the serving one and switch each
+        over once caught up. With `processes` above 1 (PostgreSQL only), the groups of
+        `rebuild_groups` fold at the same time in processes of their own; this process then
+        applies what arrived meanwhile and switches.
 
         A rebuild interrupted at any point resumes from its own checkpoints when called again.
         Returns the new serving generation of each projection.
@@ -169,7 +175,49 @@ class ProjectionEngine:
         required = {r for name in names for r in self.projections[name].requires} - set(names)
         if required:
             self.catch_up(required)
-        return self.finish_rebuild(self.start_rebuild(names), on_progress)
+        targets = self.start_rebuild(names)
+        if processes > 1:
+            self.build_in_processes(targets, processes, on_progress)
+        return self.finish_rebuild(targets, on_progress)
+
+    def rebuild_groups(self, names: Iterable[str]) -> list[list[str]]:
+        """How a rebuild splits across processes. A projection that reads other projections'
+        rows (it judges them, and costs the most) folds alone; the others fold together and
+        read the log once between them. Every projection reads only serving rows of the
+        others, and no generation switches before every group is done, so the groups are
+        independent."""
+        names = list(names)
+        together = [name for name in names if not self.projections[name].requires]
+        alone = [[name] for name in names if self.projections[name].requires]
+        return ([together] if together else []) + alone
+
+    def build_in_processes(self, targets: dict[str, int], processes: int,
+                           on_progress: Callable[[Progress], None] | None = None) -> None:
+        """Bring these building generations close to the head, each group of `rebuild_groups`
+        in a process of its own, without switching. Does nothing on SQLite, whose single
+        writer would make the processes take turns."""
+        groups = [{name: targets[name] for name in group} for group in self.rebuild_groups(targets)]
+        if self.engine.dialect.name != "postgresql" or processes < 2 or len(groups) < 2:
+            return
+        self.refresh_statistics()  # once here, not by every process at once
+        url = self.engine.url.render_as_string(hide_password=False)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(processes, len(groups)), mp_context=context) as pool:
+            futures = [pool.submit(_build_group, url, [self.projections[name] for name in group], group,
+                                   self.batch_size) for group in groups]
+            while wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION).not_done:
+                if on_progress:
+                    on_progress(self._building_progress(targets))
+            for future in futures:
+                future.result()
+
+    def _building_progress(self, targets: dict[str, int]) -> Progress:
+        head = self.last_position()
+        with self._reads.connect() as conn:
+            position = conn.execute(select(func.min(projection_state.c.position)).where(or_(*(
+                and_(projection_state.c.name == name, projection_state.c.generation == generation)
+                for name, generation in targets.items())))).scalar()
+        return Progress(",".join(targets), position or 0, head, 0)
 
     def start_rebuild(self, names: Iterable[str] | None = None) -> dict[str, int]:
         """The building generation of each projection: the interrupted one if there is one of
@@ -186,8 +234,18 @@ class ProjectionEngine:
         """Bring these building generations up to the head and switch to them. One that is
         no longer building (another process finished it) is left alone, so a retried job
         never starts a second rebuild."""
+        for name, generation in self.build(targets, on_progress):
+            self._switch(name, generation)
+        return dict(targets)
+
+    def build(self, targets: dict[str, int],
+              on_progress: Callable[[Progress], None] | None = None) -> list[tuple[str, int]]:
+        """Bring those of these generations still building up to the head, without switching;
+        returns them."""
         states = {(name, generation): self._generation(name, generation) for name, generation in targets.items()}
         pending = [key for key, state in states.items() if state is not None and state.status == "building"]
+        if pending and self.last_position() - min(states[key].position for key in pending) > STALE_AFTER_EVENTS:
+            self.refresh_statistics()
         for name, generation in pending:
             if self.projections[name].reads_own_rows and states[(name, generation)].position == 0:
                 self._caches[(name, generation)] = RowCache()
@@ -201,9 +259,14 @@ class ProjectionEngine:
         finally:
             for key in pending:
                 self._caches.pop(key, None)
-        for name, generation in pending:
-            self._switch(name, generation)
-        return dict(targets)
+        return pending
+
+    def refresh_statistics(self) -> list[str]:
+        """Analyze the stale tables a fold reads (the log, the write-side state, every
+        projection's rows); returns their names. A rebuild reads millions of rows by key, and
+        a plan made without statistics can cost ten times the right one."""
+        with self._reads.connect() as conn:
+            return recorder_for(conn).refresh_statistics(metadata.tables)
 
     def resume_rebuilds(self) -> dict[str, int]:
         """Finish every rebuild that was interrupted (its process killed), from its own
@@ -292,6 +355,10 @@ class ProjectionEngine:
         found = dict(rows)
         return {name: found.get(name, 0) for name in self.projections}
 
+    def last_position(self) -> int:
+        with self._reads.connect() as conn:
+            return conn.execute(select(log_head.c.last_position)).scalar_one()
+
     def position(self) -> int:
         """The position every projection has reached (the least of them)."""
         return min(self.positions().values(), default=0)
@@ -318,3 +385,12 @@ class ProjectionEngine:
                 for row in conn.execute(select(*columns).where(table.c.generation == generation).order_by(*keys)):
                     hasher.update(json.dumps([table.name, *row], default=str).encode())
         return hasher.hexdigest()
+
+
+def _build_group(url: str, projections: list[Projection], targets: dict[str, int], batch_size: int) -> None:
+    """One group of a rebuild split across processes, in its own process and connections."""
+    engine = make_engine(url)
+    try:
+        ProjectionEngine(engine, EventStore(engine), projections, batch_size=batch_size).build(targets)
+    finally:
+        engine.dispose()
