@@ -156,6 +156,24 @@ def test_a_rebuild_split_across_processes_gives_the_rows_of_one_in_a_single_proc
     ledger.close()
 
 
+def test_a_rebuild_before_anything_was_built_judges_with_the_shares_and_declarations(database_url, clock):
+    """The findings read the serving rows of the shares and the declarations; on a ledger
+    whose projections were never built there are none yet, and a rebuild must not judge
+    without them (it once found no diversion here)."""
+    ledger = Ledger.open(settings_for(database_url), clock=clock)
+    cast = parties(ledger)
+    ids = story(ledger, cast)
+    post(ledger, cast["motors"], event("custody.exported", ids["motor"], {"to_country": "US",
+                                                                        "customs_ref": unique("SB")}))
+    serving = ledger.projections.rebuild()
+    assert set(serving) == set(ledger.projections.projections)
+    assert {f.rule for f in ledger.diversion.findings(limit=100)[0]} == {"destination_not_permitted"}
+    digest = ledger.projections.digest("findings")
+    ledger.projections.rebuild()
+    assert ledger.projections.digest("findings") == digest
+    ledger.close()
+
+
 def test_statistics_are_refreshed_only_where_missing_or_stale(database_url, clock):
     ledger = Ledger.open(settings_for(database_url), clock=clock)
     cast = parties(ledger)

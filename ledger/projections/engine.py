@@ -171,14 +171,11 @@ class ProjectionEngine:
         Returns the new serving generation of each projection.
         """
         names = list(names or self.projections)
-        # What a rebuilt projection reads must be current before it starts.
-        required = {r for name in names for r in self.projections[name].requires} - set(names)
-        if required:
-            self.catch_up(required)
         targets = self.start_rebuild(names)
         if processes > 1:
             self.build_in_processes(targets, processes, on_progress)
-        return self.finish_rebuild(targets, on_progress)
+        self.finish_rebuild(targets, on_progress)
+        return {name: self._state(name, "serving").generation for name in names}
 
     def rebuild_groups(self, names: Iterable[str]) -> list[list[str]]:
         """How a rebuild splits across processes. A projection that reads other projections'
@@ -221,9 +218,21 @@ class ProjectionEngine:
 
     def start_rebuild(self, names: Iterable[str] | None = None) -> dict[str, int]:
         """The building generation of each projection: the interrupted one if there is one of
-        the current code version, else a new one at position 0."""
+        the current code version, else a new one at position 0.
+
+        What the projections read (the serving rows of those they require, which are complete)
+        is caught up first. A projection never built has nothing to be rebuilt beside: it is
+        built here as its serving generation, with what it reads in the same steps, and gets
+        no building one."""
+        names = list(names or self.projections)
+        unbuilt = [name for name in names if self._state(name, "serving") is None]
+        required = {r for name in names for r in self.projections[name].requires} - set(names)
+        if required or unbuilt:
+            self.catch_up([*required, *unbuilt])
         targets = {}
-        for name in names or self.projections:
+        for name in names:
+            if name in unbuilt:
+                continue
             building = self._state(name, "building")
             resumable = building is not None and building.version == self.projections[name].version
             targets[name] = building.generation if resumable else self._create(name, "building")
