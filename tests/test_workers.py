@@ -19,7 +19,7 @@ from rq.job import Job
 from ledger.config import ConfigError
 from ledger.services import Ledger
 from tests.conftest import magledger, settings_for, start_server, stop_server
-from tests.helpers import declared, parties, post, registered, unique
+from tests.helpers import declared, parties, post, registered, shipped, unique
 
 
 def start_worker(env: dict, log_path) -> subprocess.Popen:
@@ -159,6 +159,22 @@ def test_an_interrupted_rebuild_resumes_its_own_generation_from_the_command_line
     assert json.loads(result.stdout)["projections"] == started
     assert ledger.projections._status("batch_state", started["batch_state"]) == "serving"
     assert ledger.projections.digest("batch_state") == expected
+    ledger.close()
+
+
+def test_the_command_line_rebuilds_every_projection_in_two_processes(postgres_url):
+    ledger = Ledger.open(settings_for(postgres_url))
+    cast = parties(ledger)
+    lot = unique("LOT")
+    post(ledger, cast["maker"], registered(lot, "100"), declared(lot, ("IN",)),
+         shipped(lot, unique("BL"), "detroit-motors", "10"))
+    ledger.projections.catch_up()
+    expected = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+    result = magledger("projections", "rebuild", "--processes", "2", env={"DATABASE_URL": postgres_url})
+    printed = json.loads(result.stdout)
+    assert set(printed["projections"]) == set(expected) and printed["events"] == 3
+    assert {name: ledger.projections.digest(name) for name in expected} == expected
+    assert ledger.diversion.findings(limit=10)[0]
     ledger.close()
 
 

@@ -34,8 +34,8 @@ from ledger.schema import log_head, metadata, projection_state
 from ledger.store import EventStore
 
 BATCH_SIZE = 5000
-STALE_AFTER_EVENTS = 50_000
-"""A fold of more events than this refreshes the planner's statistics first."""
+LONG_FOLD_EVENTS = 50_000
+"""A fold further than this behind the head refreshes the planner's statistics first."""
 
 
 class Projection:
@@ -65,12 +65,13 @@ class Progress:
 
 class ProjectionEngine:
     def __init__(self, engine: Engine, store: EventStore, projections: Iterable[Projection],
-                 clock: Clock = utc_now, batch_size: int = BATCH_SIZE):
+                 clock: Clock = utc_now, batch_size: int = BATCH_SIZE, long_fold: int = LONG_FOLD_EVENTS):
         self.engine = engine
         self.store = store
         self.projections = {p.name: p for p in projections}
         self.clock = clock
         self.batch_size = batch_size
+        self.long_fold = long_fold
         self._writer = writer(engine)
         self._reads = reader(engine)
         self._caches: dict[tuple[str, int], RowCache] = {}
@@ -82,9 +83,13 @@ class ProjectionEngine:
         """Bring the serving generations up to the head, with what they require, in the same
         steps; returns the events read."""
         targets = [(name, self._serving_or_new(name)) for name in self._with_requirements(names or self.projections)]
-        applied = 0
+        applied, refreshed = 0, False
         while (step := self._step(targets)).applied:
             applied += step.applied
+            if not refreshed and step.head - step.position > self.long_fold:
+                # A long way to go (a first build, a worker back from an outage).
+                self.refresh_statistics()
+                refreshed = True
         return applied
 
     def _step(self, targets: list[tuple[str, int]]) -> Progress:
@@ -209,7 +214,7 @@ class ProjectionEngine:
                 future.result()
 
     def _building_progress(self, targets: dict[str, int]) -> Progress:
-        head = self.last_position()
+        head = self.store.last_position()
         with self._reads.connect() as conn:
             position = conn.execute(select(func.min(projection_state.c.position)).where(or_(*(
                 and_(projection_state.c.name == name, projection_state.c.generation == generation)
@@ -253,7 +258,7 @@ class ProjectionEngine:
         returns them."""
         states = {(name, generation): self._generation(name, generation) for name, generation in targets.items()}
         pending = [key for key, state in states.items() if state is not None and state.status == "building"]
-        if pending and self.last_position() - min(states[key].position for key in pending) > STALE_AFTER_EVENTS:
+        if pending and self.store.last_position() - min(states[key].position for key in pending) > self.long_fold:
             self.refresh_statistics()
         for name, generation in pending:
             if self.projections[name].reads_own_rows and states[(name, generation)].position == 0:
@@ -363,10 +368,6 @@ class ProjectionEngine:
                                 .where(projection_state.c.status == "serving")).all()
         found = dict(rows)
         return {name: found.get(name, 0) for name in self.projections}
-
-    def last_position(self) -> int:
-        with self._reads.connect() as conn:
-            return conn.execute(select(log_head.c.last_position)).scalar_one()
 
     def position(self) -> int:
         """The position every projection has reached (the least of them)."""
