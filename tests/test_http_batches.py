@@ -36,6 +36,25 @@ def test_invisible_and_unknown_batches_answer_404_alike(live_server, keys):
     assert_problem(live_server.request("GET", f"/v1/batches/{batch}"), 401)
 
 
+def test_a_batch_id_with_slashes_is_addressed_in_every_batch_path(live_server, keys):
+    """SPEC 2 allows `/` in a batch id (a GS1 lot URN, say); each batch path must still find it."""
+    batch, ref = f"urn:epc:id/{unique('LOT')}/7", unique("S")
+    posted = live_server.request("POST", "/v1/events", keys["maker"], json={"events": [
+        registered(batch, "100"), declared(batch), shipped(batch, ref, keys["importer_id"], "40")]})
+    assert posted.status_code == 201, posted.text
+    position = posted.json()["receipts"][-1]["position"]
+    state = live_server.request("GET", f"/v1/batches/{batch}?min_position={position}", keys["maker"])
+    assert state.status_code == 200, state.text
+    assert state.json()["batch_id"] == batch and state.json()["mass_kg"] == "100"
+    stream = live_server.request("GET", f"/v1/batches/{batch}/events", keys["maker"]).json()
+    assert [e["batch_id"] for e in stream["items"]] == [batch] * 3
+    assert live_server.request("GET", f"/v1/batches/{batch}/provenance", keys["maker"]).json()["batch_id"] == batch
+    assert batch in {n["batch_id"] for n in live_server.request("GET", f"/v1/batches/{batch}/lineage",
+                                                                 keys["maker"]).json()["nodes"]}
+    assert live_server.request("GET", f"/v1/batches/{batch}/diversion", keys["regulator"]).json()["batch_id"] == batch
+    assert_problem(live_server.request("GET", f"/v1/batches/{batch}", keys["stranger"]), 404)
+
+
 def test_min_position_beyond_the_log_answers_503_with_retry_after(live_server, keys):
     batch = unique()
     live_server.request("POST", "/v1/events", keys["maker"], json=registered(batch))

@@ -36,7 +36,7 @@ def _answer(body: dict):
     return body, 200, {"X-Ledger-Position": str(body["as_of_position"])}
 
 
-@blp.route("/<batch_id>", methods=["GET"])
+@blp.route("/<path:batch_id>", methods=["GET"])
 @requires(*READERS)
 @blp.arguments(BatchArgs, location="query")
 @blp.response(200, BatchState)
@@ -79,7 +79,7 @@ def list_batches(args):
                     "as_of_position": position})
 
 
-@blp.route("/<batch_id>/events", methods=["GET"])
+@blp.route("/<path:batch_id>/events", methods=["GET"])
 @requires(*READERS)
 @blp.arguments(StreamArgs, location="query")
 @blp.response(200, EventPage)
@@ -94,7 +94,7 @@ def batch_events(args, batch_id):
             200, {"X-Ledger-Position": str(position)})
 
 
-@blp.route("/<batch_id>/provenance", methods=["GET"])
+@blp.route("/<path:batch_id>/provenance", methods=["GET"])
 @requires(*READERS)
 @blp.arguments(BatchArgs, location="query")
 @blp.response(200, Provenance)
@@ -109,7 +109,7 @@ def provenance(args, batch_id):
     return _answer(view)
 
 
-@blp.route("/<batch_id>/diversion", methods=["GET"])
+@blp.route("/<path:batch_id>/diversion", methods=["GET"])
 @requires("regulator", "auditor")
 @blp.arguments(BatchArgs, location="query")
 @blp.response(200, Verdict)
@@ -121,7 +121,7 @@ def diversion(args, batch_id):
     return _answer(_ledger().diversion.verdict(batch_id))
 
 
-@blp.route("/<batch_id>/lineage", methods=["GET"])
+@blp.route("/<path:batch_id>/lineage", methods=["GET"])
 @requires(*READERS)
 @blp.arguments(LineageArgs, location="query")
 @blp.response(200, LineageView)
