@@ -46,6 +46,8 @@ def test_a_batch_id_with_slashes_is_addressed_in_every_batch_path(live_server, k
     state = live_server.request("GET", f"/v1/batches/{batch}?min_position={position}", keys["maker"])
     assert state.status_code == 200, state.text
     assert state.json()["batch_id"] == batch and state.json()["mass_kg"] == "100"
+    encoded = live_server.request("GET", f"/v1/batches/{batch.replace('/', '%2F')}", keys["maker"])
+    assert encoded.status_code == 200 and encoded.json()["batch_id"] == batch
     stream = live_server.request("GET", f"/v1/batches/{batch}/events", keys["maker"]).json()
     assert [e["batch_id"] for e in stream["items"]] == [batch] * 3
     assert live_server.request("GET", f"/v1/batches/{batch}/provenance", keys["maker"]).json()["batch_id"] == batch
