@@ -83,7 +83,8 @@ def projections() -> None:
 @click.option("--queue", "on_queue", is_flag=True,
               help="Hand the rebuild to a worker (needs REDIS_URL) and print the job id instead of waiting.")
 @click.option("--processes", default=os.cpu_count() or 1, show_default="the CPUs", type=click.IntRange(1, 64),
-              help="Fold independent projections in this many processes at once (PostgreSQL only).")
+              help="Fold independent projections in this many processes at once (PostgreSQL only); with "
+                   "--queue, above 1 gives each group a job of its own, for as many workers.")
 def projections_rebuild(name: str | None, on_queue: bool, processes: int) -> None:
     """Rebuild one projection (or all) into a new generation, then switch to it.
 
@@ -105,7 +106,8 @@ def projections_rebuild(name: str | None, on_queue: bool, processes: int) -> Non
         from workers.runner import enqueue_rebuild
 
         targets = ledger.projections.start_rebuild(names)
-        click.echo(json.dumps({"job_id": enqueue_rebuild(settings, targets), "projections": targets}))
+        groups = ledger.projections.parallel_groups(targets, processes)
+        click.echo(json.dumps({"job_id": enqueue_rebuild(settings, groups), "projections": targets}))
         ledger.close()
         return
     head = ledger.store.last_position()

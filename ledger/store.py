@@ -153,9 +153,14 @@ class EventStore:
             self._conns[key] = conn
         return self._conns[key]
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, broken: bool = False) -> None:
+        """Close the leader's connections; `broken` ones (after a database error, when the
+        server may be gone) are discarded without the pool's rollback, which would fail on a
+        lost connection and log it as an error."""
         for conn in self._conns.values():
             try:
+                if broken:
+                    conn.invalidate()
                 conn.close()
             except DBAPIError:
                 pass
@@ -177,7 +182,7 @@ class EventStore:
         except LedgerError as error:
             self._finish(group, error)
         except DBAPIError as error:
-            self._drop_connection()
+            self._drop_connection(broken=True)
             if len(group) > 1:
                 for post in group:
                     self._commit_group([post])

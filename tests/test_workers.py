@@ -178,6 +178,43 @@ def test_the_command_line_rebuilds_every_projection_in_two_processes(postgres_ur
     ledger.close()
 
 
+def test_a_queued_rebuild_is_folded_by_two_workers_at_once_then_switched(postgres_url, private_redis, tmp_path):
+    from rq.job import Job
+
+    from workers.runner import QUEUE_NAME
+
+    ledger = Ledger.open(settings_for(postgres_url))
+    cast = parties(ledger)
+    lot = unique("LOT")
+    post(ledger, cast["maker"], registered(lot, "100"), declared(lot, ("IN",)),
+         shipped(lot, unique("BL"), "detroit-motors", "10"))
+    ledger.projections.catch_up()
+    expected = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": private_redis.url}
+    queued = json.loads(magledger("projections", "rebuild", "--queue", "--processes", "2", env=env).stdout)
+    connection = redis.Redis.from_url(private_redis.url)
+    waiting = Queue(QUEUE_NAME, connection=connection)
+    builds = [Job.fetch(job_id, connection=connection) for job_id in waiting.job_ids]
+    assert [job.func_name for job in builds] == ["workers.jobs.build"] * 2
+    assert [sorted(job.args[0]) for job in builds] == [["batch_state", "lineage", "shares", "shipments"],
+                                                       ["findings"]]
+    switch = Job.fetch(queued["job_id"], connection=connection)
+    assert switch.get_status() == "deferred" and sorted(switch.dependency_ids) == sorted(job.id for job in builds)
+    workers = [start_worker_group(env, tmp_path / "worker.log", "worker") for _ in range(2)]
+    try:
+        assert wait_until(lambda: switch.get_status(refresh=True) == "finished", timeout=120), \
+            (tmp_path / "worker.log").read_text()
+        assert all(job.get_status(refresh=True) == "finished" for job in builds)
+        assert all(ledger.projections._status(name, generation) == "serving"
+                   for name, generation in queued["projections"].items())
+        assert {name: ledger.projections.digest(name) for name in expected} == expected
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+        ledger.close()
+
+
 def test_a_worker_signs_the_scheduled_checkpoint(postgres_url, private_redis, tmp_path):
     from rq import Queue
 

@@ -34,6 +34,12 @@ def catch_up_all() -> int:
     return applied
 
 
+def build(targets: dict[str, int]) -> int:
+    """Fold one group of a rebuild's generations up to the head, without serving them (the
+    rebuild's last job switches them all); returns how many were still building."""
+    return len(_ledger().projections.build(targets))
+
+
 def finish_rebuild(targets: dict[str, int]) -> dict[str, int]:
     """Build these generations (started by whoever asked) up to the head and serve them."""
     return _ledger().projections.finish_rebuild(targets)

@@ -9,6 +9,7 @@ import uuid
 from redis import Redis, RedisError
 from rq import Queue, Retry, Worker
 from rq.cron import CronScheduler
+from rq.job import Dependency
 
 from ledger.config import Settings
 
@@ -56,14 +57,22 @@ def run_scheduler(settings: Settings) -> None:
     scheduler.start()
 
 
-def enqueue_rebuild(settings: Settings, targets: dict[str, int]) -> str:
-    """Ask a worker to finish building these generations; returns the RQ job id. A retry of
-    the job after its worker died resumes the same generations."""
+def enqueue_rebuild(settings: Settings, groups: list[dict[str, int]]) -> str:
+    """Ask the workers to build these generations and serve them; returns the id of the job
+    that switches them, done when the rebuild is. With several groups, each is built by a job
+    of its own, so that as many workers fold at once, and the switch waits for all of them
+    (it runs even if one failed for good, and then finishes that group's fold itself). A job
+    retried after its worker died resumes the same generations."""
     from workers import jobs
 
-    job = queue(settings).enqueue(jobs.finish_rebuild, targets, job_id=f"rebuild-{uuid.uuid4().hex[:12]}",
-                                  job_timeout=LONG_JOB_TIMEOUT_SECONDS, retry=Retry(max=3, interval=[5, 30, 120]),
-                                  result_ttl=86400, failure_ttl=86400)
+    target = queue(settings)
+    options = {"job_timeout": LONG_JOB_TIMEOUT_SECONDS, "retry": Retry(max=3, interval=[5, 30, 120]),
+               "result_ttl": 86400, "failure_ttl": 86400}
+    builds = [target.enqueue(jobs.build, group, job_id=f"build-{uuid.uuid4().hex[:12]}", **options)
+              for group in groups] if len(groups) > 1 else []
+    targets = {name: generation for group in groups for name, generation in group.items()}
+    job = target.enqueue(jobs.finish_rebuild, targets, job_id=f"rebuild-{uuid.uuid4().hex[:12]}",
+                         depends_on=Dependency(builds, allow_failure=True) if builds else None, **options)
     return job.id
 
 

@@ -193,13 +193,21 @@ class ProjectionEngine:
         alone = [[name] for name in names if self.projections[name].requires]
         return ([together] if together else []) + alone
 
+    def parallel_groups(self, targets: dict[str, int], processes: int) -> list[dict[str, int]]:
+        """The targets of a rebuild split into the groups that may fold at once; a single group
+        when one process is asked for, or on SQLite, whose single writer would make them take
+        turns."""
+        if self.engine.dialect.name != "postgresql" or processes < 2:
+            return [dict(targets)] if targets else []
+        return [{name: targets[name] for name in group} for group in self.rebuild_groups(targets)]
+
     def build_in_processes(self, targets: dict[str, int], processes: int,
                            on_progress: Callable[[Progress], None] | None = None) -> None:
         """Bring these building generations close to the head, each group of `rebuild_groups`
         in a process of its own, without switching. Does nothing on SQLite, whose single
         writer would make the processes take turns."""
-        groups = [{name: targets[name] for name in group} for group in self.rebuild_groups(targets)]
-        if self.engine.dialect.name != "postgresql" or processes < 2 or len(groups) < 2:
+        groups = self.parallel_groups(targets, processes)
+        if len(groups) < 2:
             return
         self.refresh_statistics()  # once here, not by every process at once
         url = self.engine.url.render_as_string(hide_password=False)
