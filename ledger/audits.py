@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
-from ledger.db import reader, writer
+from ledger.db import reader, snapshot, writer
 from ledger.errors import Invalid, NotFound
 from ledger.events import Clock, format_time, utc_now
 from ledger.projections.engine import ProjectionEngine
@@ -44,10 +44,12 @@ class Diversion:
         self.projections = projections
         self.config = config
         self.clock = clock
-        self._reads = reader(engine)
+        # A verdict reads several projections; a switch between two of its statements must
+        # not leave it reading a generation that was just deleted.
+        self._snapshots = snapshot(engine)
 
     def verdict(self, batch_id: str) -> dict:
-        with self._reads.connect() as conn:
+        with self._snapshots.begin() as conn:
             generations = serving_generations(conn)
             position = self.projections.positions().get("findings", 0)
             shares = self._shares_of(conn, generations, batch_id)
@@ -67,7 +69,7 @@ class Diversion:
         so the full verdict is computed for those alone."""
         if not batch_ids:
             return []
-        with self._reads.connect() as conn:
+        with self._snapshots.begin() as conn:
             generations = serving_generations(conn)
             found = set(conn.execute(select(pj_findings.c.batch_id).where(
                 pj_findings.c.generation == generations.get("findings", 0),
@@ -93,7 +95,7 @@ class Diversion:
         """Standing findings in position order (then id), after a position; the time-based
         ones are judged now and listed with the position of the shipment. A page holds at
         least `limit` findings when there are that many, and never splits a position."""
-        with self._reads.connect() as conn:
+        with self._snapshots.begin() as conn:
             generations = serving_generations(conn)
             query = select(pj_findings).where(pj_findings.c.generation == generations.get("findings", 0),
                                               pj_findings.c.position > after)
@@ -120,7 +122,7 @@ class Diversion:
 
     def counts(self) -> dict[str, int]:
         """Standing findings of the projection by rule (the time-based rule excluded)."""
-        with self._reads.connect() as conn:
+        with self._snapshots.begin() as conn:
             generation = serving_generations(conn).get("findings", 0)
             return dict(conn.execute(select(pj_findings.c.rule, func.count())
                                      .where(pj_findings.c.generation == generation)
@@ -174,6 +176,7 @@ class Audits:
         self.clock = clock
         self._writer = writer(engine)
         self._reads = reader(engine)
+        self._snapshots = snapshot(engine)
 
     def request(self, scope: str, requested_by: str) -> dict:
         if scope not in SCOPES:
@@ -191,12 +194,12 @@ class Audits:
         self._update(audit_id, status="running", started_at=started)
         try:
             self.projections.catch_up(["findings"])
-            with self._reads.connect() as conn:
+            with self._snapshots.begin() as conn:
                 position = self.projections.positions()["findings"]
                 previous = self._previous(conn, started)
                 if audit.scope == "full":
                     every = [b for (b,) in conn.execute(select(batches.c.batch_id))]
-                    source = FactSource(conn, self.config, serving_generations(conn))
+                    source = FactSource(conn, self.config)
                     found = list(source.judge(every, position))
                     checked = len(every)
                 else:

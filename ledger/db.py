@@ -63,6 +63,15 @@ def reader(engine: Engine) -> Engine:
     return engine
 
 
+def snapshot(engine: Engine) -> Engine:
+    """The same engine for reads that must see one state of the database from their first
+    statement to their last: REPEATABLE READ on PostgreSQL; a read transaction on SQLite
+    (WAL) already is one. Use it with `begin()`."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return engine
+
+
 def alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", "ledger:migrations")

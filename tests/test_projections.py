@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.projections import BatchState
+from ledger.projections.findings import FactSource
+from ledger.rules import RuleConfig
 from ledger.services import Ledger
 from tests.conftest import fresh_sqlite, settings_for
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
@@ -206,6 +208,25 @@ def test_a_long_catch_up_first_refreshes_the_statistics_missing_or_stale(databas
 def _live_rows(ledger, table: str) -> int:
     with ledger.engine.connect() as conn:
         return conn.exec_driver_sql("SELECT n_live_tup FROM pg_stat_user_tables WHERE relname = %s", (table,)).scalar()
+
+
+def test_the_rules_read_the_generation_serving_when_they_read_not_one_named_before_a_switch(ledger):
+    """A `findings` step reads the shares and declarations over several statements; a rebuild
+    that switches between two of them deletes the generation it retired, and the step must
+    then read the new one, not nothing."""
+    cast = parties(ledger)
+    ids = story(ledger, cast)
+    ledger.projections.catch_up()
+    position = ledger.store.last_position()
+    with ledger.engine.connect() as conn:
+        source = FactSource(conn, RuleConfig())
+        before = source.facts([ids["motor"]], position)[ids["motor"]]
+        conn.commit()
+        ledger.projections.rebuild(["batch_state", "shares"])
+        after = source.facts([ids["motor"]], position)[ids["motor"]]
+    assert [d.event_id for d in before.declarations] == [ids["declaration"]]
+    assert after.declarations == before.declarations
+    assert after.controlled_share == before.controlled_share > 0
 
 
 def test_a_changed_projection_version_is_rebuilt_before_it_serves(ledger):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, any_, literal, select
+from sqlalchemy import Connection, Table, any_, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from ledger import fastjson
@@ -42,14 +42,21 @@ def serving_generations(conn: Connection) -> dict[str, int]:
                              .where(projection_state.c.status == "serving")).all())
 
 
+def serving(table: Table, name: str):
+    """The rows of `table` in projection `name`'s serving generation, named in the statement
+    that reads them: a switch may delete the retired generation between two statements of a
+    transaction that is not one snapshot (a projection's step), never within one statement."""
+    return table.c.generation == (select(projection_state.c.generation)
+                                  .where(projection_state.c.name == name, projection_state.c.status == "serving")
+                                  .scalar_subquery())
+
+
 class FactSource:
     """Loads what the rules need for many batches at one log position, in bulk queries."""
 
-    def __init__(self, conn: Connection, config: RuleConfig, generations: dict[str, int]):
+    def __init__(self, conn: Connection, config: RuleConfig):
         self.conn = conn
         self.config = config
-        self.shares_generation = generations.get("shares", 0)
-        self.declarations_generation = generations.get("batch_state", 0)
         self.countries = dict(conn.execute(select(parties.c.party_id, parties.c.country)).all())
         self._outbound: dict[str, list] = {}
 
@@ -70,7 +77,7 @@ class FactSource:
         parsed = {i: _event(row) for i, row in found.items() if i not in voided and row.type != "event.voided"}
         shares: dict[str, dict[str, Decimal]] = {b: {} for b in batch_ids}
         for row in self._rows(select(pj_shares.c.batch_id, pj_shares.c.ancestor, pj_shares.c.share)
-                              .where(pj_shares.c.generation == self.shares_generation), pj_shares.c.batch_id,
+                              .where(serving(pj_shares, "shares")), pj_shares.c.batch_id,
                               batch_ids):
             shares[row.batch_id][row.ancestor] = Decimal(row.share)
         related = sorted({*batch_ids, *(a for s in shares.values() for a in s)})
@@ -117,7 +124,7 @@ class FactSource:
         return {row.voided_event_id for row in rows}
 
     def declarations(self, batch_ids: list[str], position: int, kinds: dict) -> list[Declaration]:
-        rows = self._rows(select(pj_declarations).where(pj_declarations.c.generation == self.declarations_generation,
+        rows = self._rows(select(pj_declarations).where(serving(pj_declarations, "batch_state"),
                                                         pj_declarations.c.position <= position),
                           pj_declarations.c.batch_id, batch_ids)
         withdrawn = self.voided([row.event_id for row in rows if row.voided_by], position)
@@ -135,7 +142,7 @@ class FactSource:
             governed = {declaration.batch_id: Decimal(1)}
             governed.update({r.batch_id: Decimal(r.share) for r in self.conn.execute(
                 select(pj_shares.c.batch_id, pj_shares.c.share).where(
-                    pj_shares.c.generation == self.shares_generation, pj_shares.c.ancestor == declaration.batch_id))
+                    serving(pj_shares, "shares"), pj_shares.c.ancestor == declaration.batch_id))
                 if Decimal(r.share) >= self.config.de_minimis})
             rows = self._rows(select(*_EVENT_COLUMNS).where(events.c.type.in_(("custody.shipped", "custody.exported")),
                                      events.c.position > declaration.position, events.c.position <= position),
@@ -223,7 +230,7 @@ class Findings(Projection):
         self.config = config or RuleConfig()
 
     def apply(self, rows: GenerationRows, new_events) -> None:
-        source = FactSource(rows.conn, self.config, serving_generations(rows.conn))
+        source = FactSource(rows.conn, self.config)
         touched = sorted(touched_batches(source, (event for event, _ in new_events)))
         position = new_events[-1][0].position
         findings = {f.finding_id: finding_row(f, rows.generation) for f in source.judge(touched, position)}

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, Engine, and_, select
 
+from ledger.db import snapshot
 from ledger.events import mg_to_mass
 from ledger.schema import (
     parties,
@@ -40,9 +41,7 @@ class Snapshot:
 
 class Views:
     def __init__(self, engine: Engine):
-        if engine.dialect.name == "postgresql":
-            engine = engine.execution_options(isolation_level="REPEATABLE READ")
-        self.engine = engine
+        self.engine = snapshot(engine)
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
