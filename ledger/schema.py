@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -124,6 +125,8 @@ projection_state = Table(
     Column("position", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),
     Column("updated_at", String(32), nullable=False),
+    *(Index(f"uq_projection_state_{status}", "name", unique=True, postgresql_where=text(f"status = '{status}'"),
+            sqlite_where=text(f"status = '{status}'")) for status in ("serving", "building")),
 )
 
 pj_batches = Table(

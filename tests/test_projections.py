@@ -8,10 +8,12 @@ from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from ledger.projections import BatchState
 from ledger.projections.findings import FactSource
 from ledger.rules import RuleConfig
+from ledger.schema import projection_state
 from ledger.services import Ledger
 from tests.conftest import fresh_sqlite, settings_for
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
@@ -227,6 +229,21 @@ def test_the_rules_read_the_generation_serving_when_they_read_not_one_named_befo
     assert [d.event_id for d in before.declarations] == [ids["declaration"]]
     assert after.declarations == before.declarations
     assert after.controlled_share == before.controlled_share > 0
+
+
+def test_two_processes_that_both_find_no_serving_generation_end_with_one(database_url, clock):
+    """Two servers' first catch-ups after their first appends: each found nothing serving and
+    made a generation; the database must keep one, and the second must serve the first's."""
+    first, second = (Ledger.open(settings_for(database_url), clock=clock) for _ in range(2))
+    made = first.projections._create("shares", "serving")
+    assert second.projections._create("shares", "serving") == made
+    building = first.projections._create("shares", "building")
+    assert second.projections._create("shares", "building") == building
+    with first.engine.connect() as conn:
+        statuses = conn.execute(select(projection_state.c.status).where(projection_state.c.name == "shares")).scalars()
+        assert sorted(statuses) == ["building", "serving"]
+    first.close()
+    second.close()
 
 
 def test_a_changed_projection_version_is_rebuilt_before_it_serves(ledger):
