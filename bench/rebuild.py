@@ -107,8 +107,7 @@ def main() -> None:
         ledger.projections.catch_up()
         seconds = time.perf_counter() - started
         print(f"  catch-up of every projection first    {head / seconds:>10,.0f} events/s  ({seconds:.1f} s)")
-    groups = ledger.projections.rebuild_groups(ledger.projections.projections) if args.processes > 1 else \
-        [list(ledger.projections.projections)]
+    groups = ledger.projections.parallel_groups(dict.fromkeys(ledger.projections.projections, 0), args.processes)
     print(f"rebuilding every projection over {head:,} events, in {min(args.processes, len(groups))} process(es): "
           + " | ".join(", ".join(group) for group in groups))
     started = time.perf_counter()

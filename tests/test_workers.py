@@ -162,14 +162,20 @@ def test_an_interrupted_rebuild_resumes_its_own_generation_from_the_command_line
     ledger.close()
 
 
-def test_the_command_line_rebuilds_every_projection_in_two_processes(postgres_url):
+def ledger_with_a_diversion(postgres_url: str) -> tuple[Ledger, dict[str, str]]:
+    """A declared lot shipped to the United States, projections caught up; returns the ledger
+    and each projection's digest (so `findings` has a row to rebuild)."""
     ledger = Ledger.open(settings_for(postgres_url))
     cast = parties(ledger)
     lot = unique("LOT")
     post(ledger, cast["maker"], registered(lot, "100"), declared(lot, ("IN",)),
          shipped(lot, unique("BL"), "detroit-motors", "10"))
     ledger.projections.catch_up()
-    expected = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+    return ledger, {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+
+
+def test_the_command_line_rebuilds_every_projection_in_two_processes(postgres_url):
+    ledger, expected = ledger_with_a_diversion(postgres_url)
     result = magledger("projections", "rebuild", "--processes", "2", env={"DATABASE_URL": postgres_url})
     printed = json.loads(result.stdout)
     assert set(printed["projections"]) == set(expected) and printed["events"] == 3
@@ -183,13 +189,7 @@ def test_a_queued_rebuild_is_folded_by_two_workers_at_once_then_switched(postgre
 
     from workers.runner import QUEUE_NAME
 
-    ledger = Ledger.open(settings_for(postgres_url))
-    cast = parties(ledger)
-    lot = unique("LOT")
-    post(ledger, cast["maker"], registered(lot, "100"), declared(lot, ("IN",)),
-         shipped(lot, unique("BL"), "detroit-motors", "10"))
-    ledger.projections.catch_up()
-    expected = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+    ledger, expected = ledger_with_a_diversion(postgres_url)
     env = {"DATABASE_URL": postgres_url, "REDIS_URL": private_redis.url}
     queued = json.loads(magledger("projections", "rebuild", "--queue", "--processes", "2", env=env).stdout)
     connection = redis.Redis.from_url(private_redis.url)
