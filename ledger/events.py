@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 import iso3166
+import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from ledger.errors import Invalid, TooLarge
@@ -379,11 +380,16 @@ def canonical_bytes(value: Any) -> bytes:
 
     Envelopes hold only strings, whole numbers below 2**53, booleans, lists and objects with
     ASCII keys (validation guarantees it), and for those JCS is exactly sorted keys, no
-    white space and minimal escaping, which the standard library's C encoder produces. The
-    tests check it against an independent JCS encoder.
+    white space and minimal escaping. orjson writes that form several times faster than the
+    standard library; the standard library takes what orjson refuses (integers beyond 53
+    bits, which validation keeps out of event data). The tests check both against an
+    independent JCS encoder.
     """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
 
 
 def canonical_envelope(*, actor: str, batch_id: str, data_json: str, event_id: str, occurred_at: str,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -25,8 +25,9 @@ from ledger import fastjson
 from ledger.schema import log_head, metadata
 
 CHUNK = 900
-CONFLICT_STATES = ("23505", "40P01", "40001")
-"""Unique violation, deadlock, serialization failure: another writer got there first."""
+CONFLICT_STATES = ("23505", "40P01", "40001", "55P03")
+"""Unique violation, deadlock, serialization failure, lock not available: another writer
+got there first."""
 Lookup = tuple[str, str, Iterable]
 """(table, column, keys): the rows of `table` whose `column` is one of `keys`."""
 
@@ -113,6 +114,11 @@ class SqlRecorder:
         """A block whose statements the recorder may send together with the COMMIT."""
         return contextlib.nullcontext()
 
+    def transaction(self):
+        """A transaction on the recorder's connection: committed at the end of the block,
+        rolled back if it raises."""
+        return self.conn.begin()
+
     def prefer_index_lookups(self, session: bool = False) -> None:
         """Keep key look-ups on their indexes even when the planner's statistics are stale."""
 
@@ -135,7 +141,21 @@ class PostgresRecorder(SqlRecorder):
             head = lock.fetchone()[0]
             return head, found()
 
+    def lock_without_waiting(self) -> Callable[[], int]:
+        """Ask for the log's lock (held until commit) and fail at once if another writer holds
+        it; returns a function that gives the last position, to call when it is needed."""
+        with _translated():
+            cursor = self.raw.cursor()
+            cursor.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE NOWAIT")
+
+        def head() -> int:
+            with _translated():
+                return cursor.fetchone()[0]
+        return head
+
     def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
+        if not any(keys for _, _, keys in lookups):
+            return [[] for _ in lookups]
         with self.pipelined():
             return self._queue_select(lookups)()
 
@@ -212,6 +232,19 @@ class PostgresRecorder(SqlRecorder):
     def pipelined(self):
         with _translated(), self.raw.pipeline():
             yield
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """In one pipeline that spans the COMMIT, so the last writes and the COMMIT travel in
+        one round trip. After an error the statements queued behind the one that failed are
+        drained first: psycopg refuses a rollback while their answers are pending."""
+        with _translated(), self.raw.pipeline() as pipeline, self.conn.begin():
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    pipeline.sync()
+                raise
 
 
 @contextlib.contextmanager

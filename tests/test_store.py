@@ -145,6 +145,48 @@ def test_a_batch_post_is_atomic_and_names_the_failing_event(ledger, cast):
     assert ledger.store.count() == 0
 
 
+def test_a_large_post_rejected_after_its_first_parts_were_sent_writes_nothing(ledger, cast):
+    """On PostgreSQL the rows of a large post go to the server in parts while the rest is
+    decided; a rejection after the first parts must still leave nothing behind."""
+    from ledger.store import PART_EVENTS
+
+    post(ledger, cast["maker"], registered(unique()))
+    head = ledger.store.last_position()
+    bad_index = 2 * PART_EVENTS + 10
+    raws = [registered(unique()) for _ in range(bad_index)] + [shipped("NO-SUCH", "S-1", "pune-motors", "1")]
+    error = rejected(ledger, NotFound, cast["maker"], *raws)
+    assert list(error.errors) == [f"events.{bad_index}.batch_id"]
+    receipts = post(ledger, cast["maker"], *raws[:-1]).receipts
+    assert [r["position"] for r in receipts] == list(range(head + 1, head + bad_index + 1))
+    assert ledger.store.count() == head + bad_index
+
+
+def test_a_large_rejected_post_does_not_fail_the_posts_grouped_with_it(ledger, cast):
+    from ledger.store import PART_EVENTS
+
+    results: dict = {}
+    barrier = threading.Barrier(5)
+    bad = [registered(unique()) for _ in range(PART_EVENTS + 5)] + [shipped("NO-SUCH", "S-1", "pune-motors", "1")]
+    raws = {"bad": bad, **{f"good-{i}": [registered(unique()) for _ in range(PART_EVENTS + i)] for i in range(4)}}
+
+    def poster(name, events):
+        barrier.wait()
+        try:
+            results[name] = post(ledger, cast["maker"], *events)
+        except NotFound as error:
+            results[name] = error
+
+    threads = [threading.Thread(target=poster, args=item) for item in raws.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert isinstance(results["bad"], NotFound)
+    assert all(results[f"good-{i}"].created for i in range(4))
+    positions = sorted(r["position"] for i in range(4) for r in results[f"good-{i}"].receipts)
+    assert positions == list(range(1, 4 * PART_EVENTS + 7)) == [e.position for e in ledger.store.iter_all()]
+
+
 def test_expected_version_zero_and_current_are_accepted(ledger, cast):
     batch = unique()
     post(ledger, cast["maker"], {**registered(batch), "expected_version": 0})
@@ -279,6 +321,46 @@ def test_writers_in_two_processes_see_each_others_writes(ledger, second, cast):
     assert held == -10_000_000
     assert [e.position for e in ledger.store.feed()] == [1, 2, 3, 4]
     assert [e.version for e in second.store.stream(batch)] == [1, 2, 3]
+
+
+def test_a_writer_that_finds_the_log_locked_by_another_waits_its_turn(postgres_url, clock):
+    """The unlocked path asks for the log's lock without waiting; when another process holds
+    it, the post is retried under the lock and lands after that process's commit."""
+    from ledger.services import Ledger
+    from tests.conftest import settings_for
+
+    opened = Ledger.open(settings_for(postgres_url), clock=clock)
+    cast = parties(opened)
+    try:
+        post(opened, cast["maker"], registered(unique()))
+        done: dict = {}
+        with opened.engine.connect() as other:
+            other.execute(text("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE"))
+            writer = threading.Thread(target=lambda: done.update(result=post(opened, cast["maker"],
+                                                                             registered(unique()))))
+            writer.start()
+            writer.join(timeout=1.0)
+            assert writer.is_alive(), "the post must wait for the other writer's lock"
+            other.rollback()
+        writer.join(timeout=30)
+        assert done["result"].receipts[0]["position"] == 2
+        assert [e.position for e in opened.store.feed()] == [1, 2]
+    finally:
+        opened.close()
+
+
+def test_a_large_post_rejected_after_losing_a_race_to_another_process_writes_nothing(ledger, second, cast):
+    """Another process moved the head, so the first attempt fails on the log's positions and
+    the post is decided again under the lock, sending its parts as it goes; its rejection
+    after those parts is then decided once more with nothing sent."""
+    from ledger.store import PART_EVENTS
+
+    post(ledger, cast["maker"], registered(unique()))
+    post(second, cast["maker"], registered(unique()))
+    raws = [registered(unique()) for _ in range(2 * PART_EVENTS + 10)] + [shipped("NO-SUCH", "S-1", "pune-motors", "1")]
+    error = rejected(ledger, NotFound, cast["maker"], *raws)
+    assert list(error.errors) == [f"events.{2 * PART_EVENTS + 10}.batch_id"]
+    assert [r["position"] for r in post(ledger, cast["maker"], registered(unique())).receipts] == [3]
 
 
 def test_a_wrong_assumption_in_one_post_does_not_fail_the_others_in_its_group(ledger, second, cast):
