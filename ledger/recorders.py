@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -141,17 +141,11 @@ class PostgresRecorder(SqlRecorder):
             head = lock.fetchone()[0]
             return head, found()
 
-    def lock_without_waiting(self) -> Callable[[], int]:
-        """Ask for the log's lock (held until commit) and fail at once if another writer holds
-        it; returns a function that gives the last position, to call when it is needed."""
+    def lock_without_waiting(self) -> None:
+        """Ask for the log's lock (held until commit); the transaction fails at once,
+        without waiting, if another writer holds it."""
         with _translated():
-            cursor = self.raw.cursor()
-            cursor.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE NOWAIT")
-
-        def head() -> int:
-            with _translated():
-                return cursor.fetchone()[0]
-        return head
+            self.raw.cursor().execute("SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE NOWAIT")
 
     def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
         if not any(keys for _, _, keys in lookups):

@@ -232,23 +232,23 @@ class EventStore:
     def _commit_unlocked(self, group: list[_Post]) -> None:
         """PostgreSQL's fast path: trust the cache, and wait for nobody.
 
-        The log head's lock is asked for without waiting, in the same round trip as the
-        writes, and the group is decided against the cached state at the cached head. If
-        another writer holds the lock, or has moved the head since this cache last
-        committed, the transaction is rolled back before its COMMIT and the caller retries
-        under the lock; so commit order is still position order.
+        The group is decided against the cached state at the cached head, and the lock, the
+        writes and the COMMIT travel in one round trip. If another writer has moved the head
+        since this cache last committed, the positions this group takes already exist (or
+        are being written), so the insert fails on the log's primary key; if another writer
+        holds the lock (asked for without waiting, so that two writers never wait on each
+        other), taking it fails. Either way nothing is committed and the caller retries
+        under the lock, so commit order is still position order.
         """
         state = self._state
         recorder = recorder_for(self._connection())
         state.begin(recorder)
         try:
             with recorder.transaction():
-                locked_head = recorder.lock_without_waiting()
+                recorder.lock_without_waiting()
                 head = state.prefetch([(post.actor, post.events) for post in group])
                 decided, position = self._decide_and_write(group, state, recorder, head, optimistic=True,
                                                            send_parts=True)
-                if locked_head() != head:
-                    raise WriteConflict("another writer moved the log head")
         except BaseException:
             state.reset()
             raise
