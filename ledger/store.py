@@ -25,8 +25,6 @@ is then rolled back and decided again with nothing sent before the end.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import threading
 import time
 from collections import deque
@@ -36,7 +34,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 
-from ledger import custody, fastjson, merkle
+from ledger import collector, custody, fastjson, merkle
 from ledger.custody import CustodyState, LoggedEvent
 from ledger.db import reader, unavailable, writer
 from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
@@ -124,7 +122,7 @@ class EventStore:
                 with self._cond:
                     group = self._take_group()
                     self._last_group_size = len(group)
-                with _cycle_collection_paused():
+                with collector.paused():
                     self._commit_group(group)
                 with self._cond:
                     self._cond.notify_all()
@@ -490,37 +488,6 @@ def _recorded(row) -> RecordedEvent:
     event_id, type_, batch_id, actor, occurred_at, recorded_at, position, version, data, leaf_hash = row[:10]
     return RecordedEvent(event_id, type_, batch_id, actor, occurred_at, recorded_at, position, version,
                          fastjson.loads(data), leaf_hash)
-
-
-_pauses = 0
-_pauses_lock = threading.Lock()
-_collecting_before = True
-
-
-@contextlib.contextmanager
-def _cycle_collection_paused():
-    """Keep CPython's cycle collector out of a group commit, as Mercurial's `util.nogc` does
-    for its parsers.
-
-    Deciding a group allocates tens of thousands of containers that form no cycles and that
-    live until the commit; the collector would otherwise run every 700 of them, and each
-    full pass walks every object the process holds. Measured on bench/ingest (b): a fifth of
-    the time. Collection resumes when the last paused group ends (the collector's on/off is
-    process-wide, so pauses are counted); a collector that was off stays off.
-    """
-    global _pauses, _collecting_before
-    with _pauses_lock:
-        if _pauses == 0:
-            _collecting_before = gc.isenabled()
-            gc.disable()
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _pauses_lock:
-            _pauses -= 1
-            if _pauses == 0 and _collecting_before:
-                gc.enable()
 
 
 def _database_error(error: DBAPIError) -> LedgerError:

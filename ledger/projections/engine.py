@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ledger import collector
 from ledger.db import make_engine, reader, writer
 from ledger.events import Clock, RecordedEvent, format_time, utc_now
 from ledger.projections.rows import CACHE_ROWS, GenerationRows, RowCache
@@ -104,7 +105,7 @@ class ProjectionEngine:
             raise
 
     def _apply_next(self, targets: list[tuple[str, int]]) -> Progress:
-        with self._writer.begin() as conn:
+        with collector.paused(), self._writer.begin() as conn:
             recorder_for(conn).prefer_index_lookups()
             rows = conn.execute(select(projection_state.c.name, projection_state.c.generation,
                                        projection_state.c.position)
