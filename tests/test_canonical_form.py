@@ -56,3 +56,8 @@ def test_assembled_envelopes_are_exactly_rfc8785(data, batch_id, actor, position
              "type": "batch.registered", "version": version}
     assembled = canonical_envelope(**parts, data_json=canonical_bytes(data).decode())
     assert assembled == canonicalize({**parts, "data": data})
+
+
+def test_integers_beyond_53_bits_still_get_their_exact_digits():
+    """orjson refuses them under its strict-integer option; the standard library writes them."""
+    assert canonical_bytes({"b": 2**60, "a": [-(2**63)]}) == b'{"a":[-9223372036854775808],"b":1152921504606846976}'
