@@ -37,6 +37,27 @@ def rejected(ledger, error_type, actor, *raw_events):
     return caught.value
 
 
+def post_at_once(ledger, actor, posts: dict[str, list[dict]], expected: type[Exception]) -> dict:
+    """Each post from a thread of its own, released together so that they share group commits;
+    returns each one's result, or its error of the expected kind."""
+    results: dict = {}
+    barrier = threading.Barrier(len(posts))
+
+    def poster(name, raws):
+        barrier.wait()
+        try:
+            results[name] = post(ledger, actor, *raws)
+        except expected as error:
+            results[name] = error
+
+    threads = [threading.Thread(target=poster, args=item) for item in posts.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def test_a_registration_then_shipment_and_receipt_move_holdings(ledger, cast):
     batch = unique()
     first = post(ledger, cast["maker"], registered(batch, "1000"))
@@ -164,23 +185,9 @@ def test_a_large_post_rejected_after_its_first_parts_were_sent_writes_nothing(le
 def test_a_large_rejected_post_does_not_fail_the_posts_grouped_with_it(ledger, cast):
     from ledger.store import PART_EVENTS
 
-    results: dict = {}
-    barrier = threading.Barrier(5)
     bad = [registered(unique()) for _ in range(PART_EVENTS + 5)] + [shipped("NO-SUCH", "S-1", "pune-motors", "1")]
-    raws = {"bad": bad, **{f"good-{i}": [registered(unique()) for _ in range(PART_EVENTS + i)] for i in range(4)}}
-
-    def poster(name, events):
-        barrier.wait()
-        try:
-            results[name] = post(ledger, cast["maker"], *events)
-        except NotFound as error:
-            results[name] = error
-
-    threads = [threading.Thread(target=poster, args=item) for item in raws.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    posts = {"bad": bad, **{f"good-{i}": [registered(unique()) for _ in range(PART_EVENTS + i)] for i in range(4)}}
+    results = post_at_once(ledger, cast["maker"], posts, NotFound)
     assert isinstance(results["bad"], NotFound)
     assert all(results[f"good-{i}"].created for i in range(4))
     positions = sorted(r["position"] for i in range(4) for r in results[f"good-{i}"].receipts)
@@ -366,23 +373,9 @@ def test_a_large_post_rejected_after_losing_a_race_to_another_process_writes_not
 def test_a_wrong_assumption_in_one_post_does_not_fail_the_others_in_its_group(ledger, second, cast):
     taken = unique()
     post(second, cast["maker"], registered(taken))
-    results: dict = {}
-    barrier = threading.Barrier(6)
-
-    def poster(name, raw):
-        barrier.wait()
-        try:
-            results[name] = post(ledger, cast["maker"], raw)
-        except Conflict as error:
-            results[name] = error
-
-    raws = {f"new-{i}": registered(unique()) for i in range(5)}
-    raws["taken"] = registered(taken)
-    threads = [threading.Thread(target=poster, args=item) for item in raws.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    posts = {f"new-{i}": [registered(unique())] for i in range(5)}
+    posts["taken"] = [registered(taken)]
+    results = post_at_once(ledger, cast["maker"], posts, Conflict)
     assert isinstance(results["taken"], Conflict)
     assert all(results[f"new-{i}"].created for i in range(5))
     assert ledger.store.count() == 6
