@@ -110,10 +110,6 @@ class SqlRecorder:
         if head is not None:
             self.conn.execute(update(log_head).where(log_head.c.id == 1).values(last_position=head))
 
-    def pipelined(self):
-        """A block whose statements the recorder may send together with the COMMIT."""
-        return contextlib.nullcontext()
-
     def transaction(self):
         """A transaction on the recorder's connection: committed at the end of the block,
         rolled back if it raises."""

@@ -93,7 +93,7 @@ class EventStore:
         self._queue: deque[_Post] = deque()
         self._leading = False
         self._sends_parts = engine.dialect.name == "postgresql"
-        self._conns: dict[str, Connection] = {}
+        self._conn: Connection | None = None
         self._contended = 0
         self._state = CustodyState()
         self._tree: merkle.CompactRange | None = None
@@ -152,26 +152,27 @@ class EventStore:
 
     def _connection(self) -> Connection:
         """The leader's connection, kept between groups (only one leader runs at a time)."""
-        if "transaction" not in self._conns:
+        if self._conn is None:
             conn = self._writer.connect()
             recorder_for(conn).prefer_index_lookups(session=True)
             if conn.in_transaction():
                 conn.commit()
-            self._conns["transaction"] = conn
-        return self._conns["transaction"]
+            self._conn = conn
+        return self._conn
 
     def _drop_connection(self, broken: bool = False) -> None:
-        """Close the leader's connections; `broken` ones (after a database error, when the
-        server may be gone) are discarded without the pool's rollback, which would fail on a
+        """Close the leader's connection; a `broken` one (after a database error, when the
+        server may be gone) is discarded without the pool's rollback, which would fail on a
         lost connection and log it as an error."""
-        for conn in self._conns.values():
-            try:
-                if broken:
-                    conn.invalidate()
-                conn.close()
-            except DBAPIError:
-                pass
-        self._conns.clear()
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if broken:
+                conn.invalidate()
+            conn.close()
+        except DBAPIError:
+            pass
 
     def _commit_group(self, group: list[_Post]) -> None:
         try:

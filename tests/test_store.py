@@ -331,8 +331,8 @@ def test_writers_in_two_processes_see_each_others_writes(ledger, second, cast):
 
 
 def test_a_writer_that_finds_the_log_locked_by_another_waits_its_turn(postgres_url, clock):
-    """The unlocked path asks for the log's lock without waiting; when another process holds
-    it, the post is retried under the lock and lands after that process's commit."""
+    """While another connection holds the log's lock, a post on the fast path (the store has
+    committed before, so its cache is warm) waits for it, then lands at the next position."""
     from ledger.services import Ledger
     from tests.conftest import settings_for
 
