@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from ledger import collector
 from ledger.db import make_engine, reader, writer
 from ledger.events import Clock, RecordedEvent, format_time, utc_now
-from ledger.projections.rows import CACHE_ROWS, GenerationRows, RowCache
+from ledger.projections.rows import GenerationRows, Memory, RowCache
 from ledger.recorders import recorder_for
 from ledger.schema import log_head, metadata, projection_state
 from ledger.store import EventStore
@@ -48,9 +48,12 @@ class Projection:
     tables: tuple[Table, ...]
     requires: tuple[str, ...] = ()
     """Projections whose serving rows `apply` reads: they are caught up in the same steps."""
-    reads_own_rows: bool = True
-    """Whether `apply` looks its own rows up (through `rows.select`): a rebuild then keeps
-    them in memory."""
+
+    def memory(self) -> Memory | None:
+        """What a build from position 0 keeps between its steps (`rows.memory`), so that it
+        reads less from the database; by default a copy of the generation's own rows, which
+        `rows.select` then answers from."""
+        return RowCache()
 
     def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
         raise NotImplementedError
@@ -75,8 +78,8 @@ class ProjectionEngine:
         self.long_fold = long_fold
         self._writer = writer(engine)
         self._reads = reader(engine)
-        self._caches: dict[tuple[str, int], RowCache] = {}
-        """Rows of the generations this process is rebuilding, valid at their position."""
+        self._memories: dict[tuple[str, int], Memory] = {}
+        """What the builds from position 0 in this process hold, valid at their position."""
 
     # --- catching up ---------------------------------------------------------------------
 
@@ -101,7 +104,7 @@ class ProjectionEngine:
         except BaseException:
             # Rows written in memory by a transaction that did not commit are not the truth.
             for target in targets:
-                self._caches.pop(target, None)
+                self._memories.pop(target, None)
             raise
 
     def _apply_next(self, targets: list[tuple[str, int]]) -> Progress:
@@ -128,24 +131,24 @@ class ProjectionEngine:
                     unseen = [item for item in batch if item[0].position > position]
                     if not unseen:
                         continue
-                    cache = self._cache(name, generation, position)
-                    self.projections[name].apply(GenerationRows(conn, generation, cache), unseen)
+                    memory = self._memory(name, generation, position)
+                    self.projections[name].apply(GenerationRows(conn, generation, memory), unseen)
                     conn.execute(update(projection_state)
                                  .where(projection_state.c.name == name, projection_state.c.generation == generation)
                                  .values(position=last, updated_at=now))
-                    if cache is not None:
-                        cache.position = last
+                    if memory is not None:
+                        memory.position = last
         position = batch[-1][0].position if batch else start
         return Progress(",".join(name for name, _ in targets), position, head, len(batch))
 
-    def _cache(self, name: str, generation: int, position: int) -> RowCache | None:
-        """The in-memory rows of a generation this process is rebuilding, if they are still
-        exactly what is committed: nobody else advanced it, and it has not grown too big."""
-        cache = self._caches.get((name, generation))
-        if cache is not None and (cache.position != position or cache.size > CACHE_ROWS):
-            del self._caches[(name, generation)]
+    def _memory(self, name: str, generation: int, position: int) -> Memory | None:
+        """What this process holds of a generation it is building, if that is still exactly
+        what is committed (nobody else advanced it) and has not grown too big."""
+        memory = self._memories.get((name, generation))
+        if memory is not None and (memory.position != position or memory.full):
+            del self._memories[(name, generation)]
             return None
-        return cache
+        return memory
 
     def _with_requirements(self, names: Iterable[str]) -> list[str]:
         wanted = set(names)
@@ -270,8 +273,8 @@ class ProjectionEngine:
         if pending and self.store.last_position() - min(states[key].position for key in pending) > self.long_fold:
             self.refresh_statistics()
         for name, generation in pending:
-            if self.projections[name].reads_own_rows and states[(name, generation)].position == 0:
-                self._caches[(name, generation)] = RowCache()
+            if states[(name, generation)].position == 0 and (memory := self.projections[name].memory()) is not None:
+                self._memories[(name, generation)] = memory
         try:
             while pending:
                 step = self._step(pending)
@@ -281,7 +284,7 @@ class ProjectionEngine:
                     break
         finally:
             for key in pending:
-                self._caches.pop(key, None)
+                self._memories.pop(key, None)
         return pending
 
     def refresh_statistics(self) -> list[str]:

@@ -12,12 +12,13 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from sqlalchemy import Connection, Table, any_, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from ledger import fastjson
-from ledger.events import parse_time
+from ledger.events import RecordedEvent, parse_time
 from ledger.projections.engine import Projection
 from ledger.projections.rows import GenerationRows
 from ledger.recorders import Write
@@ -35,6 +36,10 @@ from ledger.schema import (
 )
 
 CHUNK = 500
+MOVES = ("custody.shipped", "custody.exported")
+HISTORY_EVENTS = 2_000_000
+"""Above this many events, a build of the findings from position 0 lets its `History` go
+and reads the log from the database instead."""
 
 
 def serving_generations(conn: Connection) -> dict[str, int]:
@@ -52,11 +57,14 @@ def serving(table: Table, name: str):
 
 
 class FactSource:
-    """Loads what the rules need for many batches at one log position, in bulk queries."""
+    """Loads what the rules need for many batches at one log position, in bulk: the log's
+    side from `log` (the database, or the `History` a build from position 0 holds), the
+    projections' shares and declarations from the database."""
 
-    def __init__(self, conn: Connection, config: RuleConfig):
+    def __init__(self, conn: Connection, config: RuleConfig, log: LogReader | None = None):
         self.conn = conn
         self.config = config
+        self.log = log or DatabaseLog(conn)
         self.countries = dict(conn.execute(select(parties.c.party_id, parties.c.country)).all())
         self._outbound: dict[str, list] = {}
 
@@ -67,14 +75,8 @@ class FactSource:
                 yield from judge(facts, self.config)
 
     def facts(self, batch_ids: list[str], position: int) -> dict[str, Facts]:
-        edges = self._rows(select(lineage.c.parent, lineage.c.child, lineage.c.event_id), lineage.c.parent, batch_ids)
-        edges += self._rows(select(lineage.c.parent, lineage.c.child, lineage.c.event_id), lineage.c.child, batch_ids)
-        upto = select(*_EVENT_COLUMNS).where(events.c.position <= position)
-        found = {row.event_id: row for row in self._rows(upto, events.c.batch_id, batch_ids)}
-        extra = [e.event_id for e in edges if e.event_id not in found]
-        found.update({row.event_id: row for row in self._rows(upto, events.c.event_id, extra)})
-        voided = self.voided_in(batch_ids, position) | self.voided(extra, position)
-        parsed = {i: _event(row) for i, row in found.items() if i not in voided and row.type != "event.voided"}
+        edges = self.log.edges(batch_ids)
+        parsed = self.log.live_events(batch_ids, [edge[2] for edge in edges], position)
         shares: dict[str, dict[str, Decimal]] = {b: {} for b in batch_ids}
         for row in self._rows(select(pj_shares.c.batch_id, pj_shares.c.ancestor, pj_shares.c.share)
                               .where(serving(pj_shares, "shares")), pj_shares.c.batch_id,
@@ -90,9 +92,9 @@ class FactSource:
         for event in parsed.values():
             if event.batch_id in touching:
                 touching[event.batch_id].append(event)
-        for edge in edges:
-            event = parsed.get(edge.event_id)
-            for batch_id in (edge.parent, edge.child):
+        for parent, child, event_id in edges:
+            event = parsed.get(event_id)
+            for batch_id in (parent, child):
                 if event is not None and batch_id in touching and event.batch_id != batch_id:
                     touching[batch_id].append(event)
         result = {}
@@ -108,26 +110,11 @@ class FactSource:
                                      lambda d, position=position: self.outbound(d, position))
         return result
 
-    def voided_in(self, batch_ids: list[str], position: int) -> set[str]:
-        """Events of these batches' streams voided by an event at or before `position`."""
-        target, void = events.alias("target"), events.alias("void")
-        rows = self._rows(select(voids.c.voided_event_id)
-                          .join(target, target.c.event_id == voids.c.voided_event_id)
-                          .join(void, void.c.event_id == voids.c.void_event_id)
-                          .where(void.c.position <= position), target.c.batch_id, batch_ids)
-        return {row.voided_event_id for row in rows}
-
-    def voided(self, event_ids: list[str], position: int) -> set[str]:
-        """Those of `event_ids` voided by an event at or before `position`."""
-        rows = self._rows(select(voids.c.voided_event_id).join(events, events.c.event_id == voids.c.void_event_id)
-                          .where(events.c.position <= position), voids.c.voided_event_id, event_ids)
-        return {row.voided_event_id for row in rows}
-
     def declarations(self, batch_ids: list[str], position: int, kinds: dict) -> list[Declaration]:
         rows = self._rows(select(pj_declarations).where(serving(pj_declarations, "batch_state"),
                                                         pj_declarations.c.position <= position),
                           pj_declarations.c.batch_id, batch_ids)
-        withdrawn = self.voided([row.event_id for row in rows if row.voided_by], position)
+        withdrawn = self.log.voided([row.event_id for row in rows if row.voided_by], position)
         return sorted((Declaration(row.event_id, row.batch_id, row.position,
                                    kinds[row.batch_id].origin_country if row.batch_id in kinds else None,
                                    json.loads(row.data))
@@ -144,12 +131,8 @@ class FactSource:
                 select(pj_shares.c.batch_id, pj_shares.c.share).where(
                     serving(pj_shares, "shares"), pj_shares.c.ancestor == declaration.batch_id))
                 if Decimal(r.share) >= self.config.de_minimis})
-            rows = self._rows(select(*_EVENT_COLUMNS).where(events.c.type.in_(("custody.shipped", "custody.exported")),
-                                     events.c.position > declaration.position, events.c.position <= position),
-                              events.c.batch_id, list(governed))
-            voided = self.voided([r.event_id for r in rows], position)
             moves = []
-            for event in sorted((_event(r) for r in rows if r.event_id not in voided), key=lambda e: e.position):
+            for event in self.log.moves(list(governed), declaration.position, position):
                 if destination(event, self.countries) == declaration.origin_country or \
                         self.countries.get(event.actor) != declaration.origin_country:
                     continue
@@ -161,17 +144,137 @@ class FactSource:
 
     def family(self, batch_ids: Iterable[str]) -> set[str]:
         """The batches and every batch up- or downstream of them, through every lineage edge
-        ever recorded (voided ones too: a void changes what lies on both sides of it)."""
+        the log holds (voided ones too: a void changes what lies on both sides of it)."""
         seen, frontier = set(batch_ids), set(batch_ids)
         while frontier:
-            nearby = self._rows(select(lineage.c.parent, lineage.c.child), lineage.c.parent, list(frontier))
-            nearby += self._rows(select(lineage.c.parent, lineage.c.child), lineage.c.child, list(frontier))
-            frontier = {b for row in nearby for b in (row.parent, row.child)} - seen
+            frontier = {b for parent, child, _ in self.log.edges(list(frontier)) for b in (parent, child)} - seen
             seen |= frontier
         return seen
 
     def _rows(self, query, column, keys: list) -> list:
         return rows_in(self.conn, query, column, keys)
+
+
+Edge = tuple[str, str, str]
+"""(parent, child, event_id) of a split or transformation."""
+
+
+class LogReader(Protocol):
+    """The log's side of what the rules read."""
+
+    def edges(self, batch_ids: list[str]) -> list[Edge]:
+        """The lineage edges with one of these batches at either end."""
+
+    def live_events(self, batch_ids: list[str], event_ids: list[str], position: int) -> dict[str, Event]:
+        """The events at or before `position` of these batches' streams or with these ids,
+        leaving out voids and what a void at or before `position` withdrew."""
+
+    def voided(self, event_ids: list[str], position: int) -> set[str]:
+        """Those of `event_ids` voided by an event at or before `position`."""
+
+    def moves(self, batch_ids: list[str], after: int, upto: int) -> list[Event]:
+        """Shipments and exports of these batches after `after`, up to `upto`, not voided by
+        then, in position order."""
+
+
+class DatabaseLog:
+    """The log read from its tables, in bulk queries: what catch-ups and audits use."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def edges(self, batch_ids: list[str]) -> list[Edge]:
+        query = select(lineage.c.parent, lineage.c.child, lineage.c.event_id)
+        return [tuple(row) for column in (lineage.c.parent, lineage.c.child)
+                for row in rows_in(self.conn, query, column, batch_ids)]
+
+    def live_events(self, batch_ids: list[str], event_ids: list[str], position: int) -> dict[str, Event]:
+        upto = select(*_EVENT_COLUMNS).where(events.c.position <= position)
+        found = {row.event_id: row for row in rows_in(self.conn, upto, events.c.batch_id, batch_ids)}
+        extra = sorted({i for i in event_ids if i not in found})
+        found.update({row.event_id: row for row in rows_in(self.conn, upto, events.c.event_id, extra)})
+        voided = self._voided_in(batch_ids, position) | self.voided(extra, position)
+        return {i: _event(row) for i, row in found.items() if i not in voided and row.type != "event.voided"}
+
+    def _voided_in(self, batch_ids: list[str], position: int) -> set[str]:
+        """Events of these batches' streams voided by an event at or before `position`."""
+        target, void = events.alias("target"), events.alias("void")
+        rows = rows_in(self.conn, select(voids.c.voided_event_id)
+                       .join(target, target.c.event_id == voids.c.voided_event_id)
+                       .join(void, void.c.event_id == voids.c.void_event_id)
+                       .where(void.c.position <= position), target.c.batch_id, batch_ids)
+        return {row.voided_event_id for row in rows}
+
+    def voided(self, event_ids: list[str], position: int) -> set[str]:
+        rows = rows_in(self.conn, select(voids.c.voided_event_id)
+                       .join(events, events.c.event_id == voids.c.void_event_id)
+                       .where(events.c.position <= position), voids.c.voided_event_id, event_ids)
+        return {row.voided_event_id for row in rows}
+
+    def moves(self, batch_ids: list[str], after: int, upto: int) -> list[Event]:
+        rows = rows_in(self.conn, select(*_EVENT_COLUMNS).where(
+            events.c.type.in_(MOVES), events.c.position > after, events.c.position <= upto),
+            events.c.batch_id, batch_ids)
+        voided = self.voided([r.event_id for r in rows], upto)
+        return sorted((_event(r) for r in rows if r.event_id not in voided), key=lambda e: e.position)
+
+
+class History:
+    """The log as the rules read it, held in memory by a build of the findings from position
+    0: every event applied so far, by stream and by id, the lineage edges their splits and
+    transformations made, and which events were voided when. It answers what `DatabaseLog`
+    would from the same events, without reading them back."""
+
+    def __init__(self, position: int = 0):
+        self.position = position
+        self._events: dict[str, Event] = {}
+        self._streams: dict[str, list[Event]] = {}
+        self._edges: dict[str, list[Edge]] = {}
+        self._voided_at: dict[str, int] = {}
+
+    @property
+    def full(self) -> bool:
+        return len(self._events) > HISTORY_EVENTS
+
+    def add(self, new_events: Iterable[tuple[RecordedEvent, dict]]) -> None:
+        for recorded, effects in new_events:
+            event = Event(recorded.event_id, recorded.type, recorded.batch_id, recorded.actor,
+                          _occurred(recorded.occurred_at), recorded.position, recorded.data, effects)
+            self._events[event.event_id] = event
+            self._streams.setdefault(event.batch_id, []).append(event)
+            data = event.data
+            if event.type == "batch.split":
+                for child in data["children"]:
+                    self._edge((event.batch_id, child["batch_id"], event.event_id))
+            elif event.type == "batch.transformed":
+                for portion in data["inputs"]:
+                    self._edge((portion["batch_id"], event.batch_id, event.event_id))
+            elif event.type == "event.voided":
+                self._voided_at[data["voided_event_id"]] = event.position
+
+    def _edge(self, edge: Edge) -> None:
+        self._edges.setdefault(edge[0], []).append(edge)
+        self._edges.setdefault(edge[1], []).append(edge)
+
+    def edges(self, batch_ids: list[str]) -> list[Edge]:
+        return [edge for batch_id in batch_ids for edge in self._edges.get(batch_id, ())]
+
+    def live_events(self, batch_ids: list[str], event_ids: list[str], position: int) -> dict[str, Event]:
+        candidates = [e for batch_id in batch_ids for e in self._streams.get(batch_id, ())]
+        candidates += [self._events[i] for i in event_ids if i in self._events]
+        return {e.event_id: e for e in candidates
+                if e.position <= position and e.type != "event.voided" and not self._is_voided(e.event_id, position)}
+
+    def voided(self, event_ids: list[str], position: int) -> set[str]:
+        return {i for i in event_ids if self._is_voided(i, position)}
+
+    def moves(self, batch_ids: list[str], after: int, upto: int) -> list[Event]:
+        return sorted((e for batch_id in batch_ids for e in self._streams.get(batch_id, ())
+                       if e.type in MOVES and after < e.position <= upto and not self._is_voided(e.event_id, upto)),
+                      key=lambda e: e.position)
+
+    def _is_voided(self, event_id: str, position: int) -> bool:
+        return self._voided_at.get(event_id, position + 1) <= position
 
 
 def rows_in(conn: Connection, query, column, keys: Iterable) -> list:
@@ -224,13 +327,20 @@ class Findings(Projection):
     version = 1
     tables = (pj_findings,)
     requires = ("batch_state", "shares")
-    reads_own_rows = False
 
     def __init__(self, config: RuleConfig | None = None):
         self.config = config or RuleConfig()
 
+    def memory(self) -> History:
+        """The log so far: each step of a rebuild re-judges batches whose history lies in
+        earlier steps, and reading it back from the database was most of the rebuild."""
+        return History()
+
     def apply(self, rows: GenerationRows, new_events) -> None:
-        source = FactSource(rows.conn, self.config)
+        history = rows.memory if isinstance(rows.memory, History) else None
+        if history is not None:
+            history.add(new_events)
+        source = FactSource(rows.conn, self.config, history)
         touched = sorted(touched_batches(source, (event for event, _ in new_events)))
         position = new_events[-1][0].position
         findings = {f.finding_id: finding_row(f, rows.generation) for f in source.judge(touched, position)}

@@ -11,6 +11,7 @@ the checkpoint, so the copy is only ever a faster way to read what is committed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from sqlalchemy import Connection, delete
 
@@ -23,6 +24,18 @@ rebuild of all four custody projections over 1,000,000 events holds about 2,600,
 and the process then peaked at 2.0 GB resident (measured)."""
 
 
+class Memory(Protocol):
+    """What a projection keeps between the steps of a build from position 0, valid as of
+    the checkpoint `position` (the engine moves it on after each step commits)."""
+
+    position: int
+
+    @property
+    def full(self) -> bool:
+        """Grown past what the process should hold: the engine then lets it go, and the
+        build reads from the database."""
+
+
 class RowCache:
     """Every row of one generation, as of a checkpoint position, by primary key, with an
     index for each column looked up by."""
@@ -32,6 +45,10 @@ class RowCache:
         self.size = 0
         self._rows: dict[str, dict[tuple, dict]] = {}
         self._indexes: dict[str, dict[str, dict[object, set[tuple]]]] = {}
+
+    @property
+    def full(self) -> bool:
+        return self.size > CACHE_ROWS
 
     def select(self, table: str, column: str, keys: Iterable) -> list[dict]:
         index = self._index(table, column)
@@ -82,12 +99,14 @@ class RowCache:
 
 class GenerationRows:
     """What `Projection.apply` reads and writes: one generation's rows, on the catch-up's
-    connection, answered from a `RowCache` when the engine keeps one."""
+    connection, answered from a `RowCache` when the engine keeps one, with whatever else
+    the projection keeps in `memory` during a build from position 0."""
 
-    def __init__(self, conn: Connection, generation: int, cache: RowCache | None = None):
+    def __init__(self, conn: Connection, generation: int, memory: Memory | None = None):
         self.conn = conn
         self.generation = generation
-        self.cache = cache
+        self.memory = memory
+        self.cache = memory if isinstance(memory, RowCache) else None
         self._recorder = recorder_for(conn)
 
     def select(self, table: str, column: str, keys: Iterable) -> list[dict]:
