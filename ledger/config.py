@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from ledger.projections.engine import FLUSH_EVENTS
+
 DEFAULT_RATE_LIMIT = "6000/minute"
 
 
@@ -35,6 +37,7 @@ class Settings:
     rate_limit: str | None = DEFAULT_RATE_LIMIT
     log_format: str = "json"
     audit_party: str | None = None
+    rebuild_flush_events: int = FLUSH_EVENTS
 
     def rule_config(self):
         from ledger.rules import RuleConfig
@@ -67,6 +70,7 @@ class Settings:
             rate_limit=_rate_limit(env, "LEDGER_RATE_LIMIT", DEFAULT_RATE_LIMIT),
             log_format=_choice(env, "LEDGER_LOG_FORMAT", "json", ("json", "text")),
             audit_party=env.get("LEDGER_AUDIT_PARTY") or None,
+            rebuild_flush_events=_positive_int(env, "LEDGER_REBUILD_FLUSH_EVENTS", str(FLUSH_EVENTS)),
         )
 
 

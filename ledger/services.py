@@ -37,7 +37,8 @@ class Ledger:
             upgrade(engine)
         store = EventStore(engine, clock)
         projections = ProjectionEngine(engine, store, [*(projection() for projection in ALL),
-                                                       Findings(settings.rule_config())], clock)
+                                                       Findings(settings.rule_config())], clock,
+                                       flush_events=settings.rebuild_flush_events)
         return cls(settings, engine, store, PartyRegistry(engine, clock), projections, Views(engine), clock)
 
     @cached_property

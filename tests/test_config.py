@@ -19,6 +19,7 @@ def test_defaults_give_an_embedded_sqlite_ledger(tmp_path, monkeypatch):
     assert settings.transit_window_days == 30 and settings.audit_cron == "0 2 * * *"
     assert settings.origin.startswith("magledger/")
     assert settings.rate_limit == "6000/minute" and settings.log_format == "json"
+    assert settings.rebuild_flush_events == 100_000
 
 
 def test_the_rate_limit_may_be_turned_off_or_combined():
@@ -36,6 +37,7 @@ def test_postgres_urls_get_the_psycopg_driver():
     ("LEDGER_DE_MINIMIS", "2"), ("LEDGER_DE_MINIMIS", "abc"), ("LEDGER_MASS_TOLERANCE", "-0.1"),
     ("LEDGER_TRANSIT_WINDOW_DAYS", "0"), ("LEDGER_TRANSIT_WINDOW_DAYS", "ten"), ("LEDGER_AUDIT_CRON", "daily"),
     ("LEDGER_RATE_LIMIT", "fast"), ("LEDGER_RATE_LIMIT", "10/fortnight"), ("LEDGER_LOG_FORMAT", "xml"),
+    ("LEDGER_REBUILD_FLUSH_EVENTS", "0"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):

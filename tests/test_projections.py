@@ -317,8 +317,10 @@ def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path,
         ledger.projections.batch_size = size
         ledger.projections.catch_up()
     incremental = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
-    # The rebuild keeps its rows in memory across its steps; the catch-ups above read them from the database.
+    # The rebuild keeps its rows in memory across its steps, writing them back every few
+    # steps; the catch-ups above read and write them in the database at every step.
     ledger.projections.batch_size = data.draw(st.integers(min_value=1, max_value=50))
+    ledger.projections.flush_events = data.draw(st.integers(min_value=1, max_value=60))
     ledger.projections.rebuild()
     assert {name: ledger.projections.digest(name) for name in ledger.projections.projections} == incremental
     ledger.close()

@@ -52,3 +52,31 @@ def test_deleting_removes_rows_from_every_index():
     assert [r["batch_id"] for r in cache.select("pj_holdings", "party_id", ["maker"])] == ["B"]
     assert cache.delete("pj_holdings", "batch_id", ["A"]) == 0
     assert cache.size == 1
+
+
+def test_holds_back_what_the_database_lacks_and_hands_it_over_once():
+    cache = RowCache()
+    cache.write(Write("pj_holdings", [holding("A", "maker", 5), holding("B", "maker", 1)]))
+    deleted, writes = cache.pending()
+    assert deleted == {}
+    assert [(w.table, w.keys, [r["batch_id"] for r in w.rows]) for w in writes] == [("pj_holdings", (), ["A", "B"])]
+    assert cache.pending() == ({}, [])
+    keys, updates = ("generation", "batch_id", "party_id"), ("mass_mg",)
+    cache.write(Write("pj_holdings", [holding("A", "maker", 7), holding("C", "maker", 2)], keys, updates))
+    cache.delete("pj_holdings", "batch_id", ["B"])
+    deleted, writes = cache.pending()
+    assert deleted == {"pj_holdings": [(2, "B", "maker")]}
+    assert [(w.keys, w.updates, [(r["batch_id"], r["mass_mg"]) for r in w.rows]) for w in writes] == [
+        ((), (), [("C", 2)]), (keys, updates, [("A", 7)])]
+
+
+def test_a_row_made_and_removed_between_two_hand_overs_never_reaches_the_database():
+    cache = RowCache()
+    cache.write(Write("pj_holdings", [holding("A", "maker", 5)]))
+    cache.pending()
+    cache.delete("pj_holdings", "batch_id", ["A"])
+    cache.write(Write("pj_holdings", [holding("A", "maker", 6), holding("B", "maker", 1)]))
+    cache.delete("pj_holdings", "batch_id", ["B"])
+    deleted, writes = cache.pending()
+    assert deleted == {"pj_holdings": [(2, "A", "maker")]}, "the stored A goes, the new A replaces it"
+    assert [[(r["batch_id"], r["mass_mg"]) for r in w.rows] for w in writes] == [[("A", 6)]]

@@ -113,7 +113,8 @@ def test_a_worker_killed_mid_rebuild_is_resumed_and_matches_a_rebuild_from_scrat
     ledger.projections.catch_up()
     expected = ledger.projections.digest("batch_state")
 
-    env = {"DATABASE_URL": postgres_url, "REDIS_URL": private_redis.url}
+    # A rebuild holds its rows in memory between checkpoints; here they are 5,000 events apart.
+    env = {"DATABASE_URL": postgres_url, "REDIS_URL": private_redis.url, "LEDGER_REBUILD_FLUSH_EVENTS": "5000"}
     worker = start_worker_group(env, tmp_path / "worker.log", "worker")
     scheduler = None
     try:

@@ -35,6 +35,10 @@ from ledger.schema import log_head, metadata, projection_state
 from ledger.store import EventStore
 
 BATCH_SIZE = 5000
+FLUSH_EVENTS = 100_000
+"""How far a build from position 0 may run ahead of its checkpoint with its rows held in
+memory (`Memory.holds_writes`): writing them once, mostly as new rows, costs a fraction of
+writing each step's, and a build killed meanwhile repeats at most this many events."""
 LONG_FOLD_EVENTS = 50_000
 """A fold further than this behind the head refreshes the planner's statistics first."""
 
@@ -69,13 +73,15 @@ class Progress:
 
 class ProjectionEngine:
     def __init__(self, engine: Engine, store: EventStore, projections: Iterable[Projection],
-                 clock: Clock = utc_now, batch_size: int = BATCH_SIZE, long_fold: int = LONG_FOLD_EVENTS):
+                 clock: Clock = utc_now, batch_size: int = BATCH_SIZE, long_fold: int = LONG_FOLD_EVENTS,
+                 flush_events: int = FLUSH_EVENTS):
         self.engine = engine
         self.store = store
         self.projections = {p.name: p for p in projections}
         self.clock = clock
         self.batch_size = batch_size
         self.long_fold = long_fold
+        self.flush_events = flush_events
         self._writer = writer(engine)
         self._reads = reader(engine)
         self._memories: dict[tuple[str, int], Memory] = {}
@@ -118,34 +124,44 @@ class ProjectionEngine:
                                 # One lock order for every catch-up, whatever projections it names.
                                 .order_by(projection_state.c.name, projection_state.c.generation)
                                 .with_for_update()).all()
-            positions = {(row.name, row.generation): row.position for row in rows}
-            start = min(positions.values())
+            committed = {(row.name, row.generation): row.position for row in rows}
+            memories = {target: self._memory(*target, committed[target]) for target in targets}
+            applied = {target: memory.position if memory is not None else committed[target]
+                       for target, memory in memories.items()}
+            start = min(applied.values())
             head = conn.execute(select(log_head.c.last_position)).scalar_one()
             batch = self.store.effects_after(conn, start, self.batch_size)
-            if batch:
-                last = batch[-1][0].position
-                now = format_time(self.clock())
-                # In the targets' order: a projection may read the rows of those before it.
-                for name, generation in targets:
-                    position = positions[(name, generation)]
-                    unseen = [item for item in batch if item[0].position > position]
-                    if not unseen:
+            last = batch[-1][0].position if batch else start
+            caught_up = len(batch) < self.batch_size
+            now = format_time(self.clock())
+            # In the targets' order: a projection may read the rows of those before it.
+            for target in targets:
+                name, generation = target
+                memory, generation_rows = memories[target], GenerationRows(conn, generation, memories[target])
+                unseen = [item for item in batch if item[0].position > applied[target]]
+                if unseen:
+                    self.projections[name].apply(generation_rows, unseen)
+                    applied[target] = last
+                if applied[target] == committed[target]:
+                    continue
+                if memory is not None:
+                    memory.position = applied[target]
+                    if not (caught_up or memory.full or not memory.holds_writes
+                            or applied[target] - committed[target] >= self.flush_events):
                         continue
-                    memory = self._memory(name, generation, position)
-                    self.projections[name].apply(GenerationRows(conn, generation, memory), unseen)
-                    conn.execute(update(projection_state)
-                                 .where(projection_state.c.name == name, projection_state.c.generation == generation)
-                                 .values(position=last, updated_at=now))
-                    if memory is not None:
-                        memory.position = last
-        position = batch[-1][0].position if batch else start
-        return Progress(",".join(name for name, _ in targets), position, head, len(batch))
+                    generation_rows.flush()
+                    memory.committed = applied[target]
+                conn.execute(update(projection_state)
+                             .where(projection_state.c.name == name, projection_state.c.generation == generation)
+                             .values(position=applied[target], updated_at=now))
+        return Progress(",".join(name for name, _ in targets), last, head, len(batch))
 
     def _memory(self, name: str, generation: int, position: int) -> Memory | None:
-        """What this process holds of a generation it is building, if that is still exactly
-        what is committed (nobody else advanced it) and has not grown too big."""
+        """What this process holds of a generation it is building, if it still starts from
+        what is committed (nobody else advanced it), and unless it has grown too big and holds
+        nothing unwritten."""
         memory = self._memories.get((name, generation))
-        if memory is not None and (memory.position != position or memory.full):
+        if memory is not None and (memory.committed != position or memory.full and memory.position == position):
             del self._memories[(name, generation)]
             return None
         return memory
@@ -218,7 +234,7 @@ class ProjectionEngine:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(processes, len(groups)), mp_context=context) as pool:
             futures = [pool.submit(_build_group, url, [self.projections[name] for name in group], group,
-                                   self.batch_size) for group in groups]
+                                   self.batch_size, self.flush_events) for group in groups]
             while wait(futures, timeout=0.5, return_when=FIRST_EXCEPTION).not_done:
                 if on_progress:
                     on_progress(self._building_progress(targets))
@@ -409,10 +425,12 @@ class ProjectionEngine:
         return hasher.hexdigest()
 
 
-def _build_group(url: str, projections: list[Projection], targets: dict[str, int], batch_size: int) -> None:
+def _build_group(url: str, projections: list[Projection], targets: dict[str, int], batch_size: int,
+                 flush_events: int) -> None:
     """One group of a rebuild split across processes, in its own process and connections."""
     engine = make_engine(url)
     try:
-        ProjectionEngine(engine, EventStore(engine), projections, batch_size=batch_size).build(targets)
+        ProjectionEngine(engine, EventStore(engine), projections, batch_size=batch_size,
+                         flush_events=flush_events).build(targets)
     finally:
         engine.dispose()

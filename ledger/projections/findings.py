@@ -225,8 +225,10 @@ class History:
     transformations made, and which events were voided when. It answers what `DatabaseLog`
     would from the same events, without reading them back."""
 
+    holds_writes = False
+
     def __init__(self, position: int = 0):
-        self.position = position
+        self.position = self.committed = position
         self._events: dict[str, Event] = {}
         self._streams: dict[str, list[Event]] = {}
         self._edges: dict[str, list[Edge]] = {}

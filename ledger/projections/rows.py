@@ -4,8 +4,10 @@ A rebuild starts a generation from nothing, so nearly every look-up it makes (is
 row for this new batch yet?) finds nothing, and on a million-event log those index probes
 were a quarter of the rebuild's time. While one process builds a generation from position 0,
 the engine keeps a copy of every row the generation holds (`RowCache`): look-ups are
-answered from it, and the database still receives every write in the same transaction as
-the checkpoint, so the copy is only ever a faster way to read what is committed.
+answered from it, and writes are held in it and reach the database together, mostly as
+new rows loaded by COPY, in the transaction that moves the checkpoint every
+`FLUSH_EVENTS` (and when the build reaches the head). The committed rows and checkpoint
+are always a whole state; the copy is that state plus the events applied since.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, delete, tuple_
 
 from ledger.recorders import CHUNK, Write, recorder_for
 from ledger.schema import metadata
@@ -25,10 +27,13 @@ and the process then peaked at 2.0 GB resident (measured)."""
 
 
 class Memory(Protocol):
-    """What a projection keeps between the steps of a build from position 0, valid as of
-    the checkpoint `position` (the engine moves it on after each step commits)."""
+    """What a projection keeps between the steps of a build from position 0. The engine
+    moves `position` on as events are applied to it and `committed` as the checkpoint is
+    written; they differ while it `holds_writes` back."""
 
     position: int
+    committed: int
+    holds_writes: bool
 
     @property
     def full(self) -> bool:
@@ -37,14 +42,23 @@ class Memory(Protocol):
 
 
 class RowCache:
-    """Every row of one generation, as of a checkpoint position, by primary key, with an
-    index for each column looked up by."""
+    """Every row of one generation, by primary key, with an index for each column looked up
+    by; as of `position`, with the rows written and deleted since `committed` held back until
+    `pending()` hands them over."""
+
+    holds_writes = True
 
     def __init__(self, position: int = 0):
-        self.position = position
+        self.position = self.committed = position
         self.size = 0
         self._rows: dict[str, dict[tuple, dict]] = {}
         self._indexes: dict[str, dict[str, dict[object, set[tuple]]]] = {}
+        self._new: dict[str, dict[tuple, None]] = {}
+        """Rows not in the database yet, in the order they were made."""
+        self._changed: dict[str, dict[tuple, Write]] = {}
+        """Rows in the database changed since, with the write that changed them."""
+        self._deleted: dict[str, set[tuple]] = {}
+        """Rows in the database deleted since."""
 
     @property
     def full(self) -> bool:
@@ -59,12 +73,14 @@ class RowCache:
         table_rows = self._rows.setdefault(item.table, {})
         indexes = self._indexes.get(item.table, {})
         key_columns = _primary_key(item.table)
+        new, changed = self._new.setdefault(item.table, {}), self._changed.setdefault(item.table, {})
         for row in item.rows:
             pk = tuple(row[c] for c in key_columns)
             current = table_rows.get(pk)
             if current is None:
                 table_rows[pk] = current = dict(row)
                 self.size += 1
+                new[pk] = None
                 for column, index in indexes.items():
                     index.setdefault(current[column], set()).add(pk)
             elif not item.keys:
@@ -75,17 +91,42 @@ class RowCache:
                         indexes[column][current[column]].discard(pk)
                         indexes[column].setdefault(row[column], set()).add(pk)
                     current[column] = row[column]
+                if item.updates and pk not in new:
+                    changed[pk] = item
 
     def delete(self, table: str, column: str, keys: Iterable) -> int:
         """Removes the rows whose `column` is one of `keys`; returns how many there were."""
         table_rows = self._rows.get(table, {})
+        new, changed = self._new.get(table, {}), self._changed.get(table, {})
         doomed = [pk for key in set(keys) for pk in self._index(table, column).get(key, ())]
         for pk in doomed:
             row = table_rows.pop(pk)
             for name, index in self._indexes.get(table, {}).items():
                 index[row[name]].discard(pk)
+            changed.pop(pk, None)
+            if pk in new:
+                del new[pk]
+            else:
+                self._deleted.setdefault(table, set()).add(pk)
         self.size -= len(doomed)
         return len(doomed)
+
+    def pending(self) -> tuple[dict[str, list[tuple]], list[Write]]:
+        """What the database lacks, and forgets it: the primary keys of rows to delete, then
+        the writes (plain inserts of new rows, upserts of changed ones)."""
+        deleted = {table: sorted(pks) for table, pks in self._deleted.items() if pks}
+        writes = []
+        for table, pks in self._new.items():
+            if pks:
+                rows = self._rows[table]
+                writes.append(Write(table, [rows[pk] for pk in pks]))
+        for table, changed in self._changed.items():
+            by_kind: dict[tuple, list[dict]] = {}
+            for pk, item in changed.items():
+                by_kind.setdefault((item.keys, item.updates), []).append(self._rows[table][pk])
+            writes.extend(Write(table, rows, keys, updates) for (keys, updates), rows in by_kind.items())
+        self._new, self._changed, self._deleted = {}, {}, {}
+        return deleted, writes
 
     def _index(self, table: str, column: str) -> dict[object, set[tuple]]:
         indexes = self._indexes.setdefault(table, {})
@@ -116,15 +157,33 @@ class GenerationRows:
         return self._recorder.select_generation(table, self.generation, column, keys)
 
     def write(self, writes: Sequence[Write]) -> None:
-        self._recorder.write(writes)
-        if self.cache is not None:
-            for item in writes:
-                self.cache.write(item)
+        if self.cache is None:
+            self._recorder.write(writes)
+            return
+        for item in writes:
+            self.cache.write(item)
 
     def delete(self, table: str, column: str, keys: Iterable) -> None:
         keys = sorted(set(keys))
-        if self.cache is not None and not self.cache.delete(table, column, keys):
+        if self.cache is None:
+            self._delete_stored(table, column, keys)
+        else:
+            self.cache.delete(table, column, keys)
+
+    def flush(self) -> None:
+        """Write what the `RowCache` holds back, in the step's transaction."""
+        if self.cache is None:
             return
+        deleted, writes = self.cache.pending()
+        for table, pks in deleted.items():
+            target = metadata.tables[table]
+            key = tuple_(*target.primary_key.columns)
+            for start in range(0, len(pks), CHUNK):
+                self.conn.execute(delete(target).where(key.in_(pks[start:start + CHUNK])))
+        self._recorder.insert_new([item for item in writes if not item.keys])
+        self._recorder.write([item for item in writes if item.keys])
+
+    def _delete_stored(self, table: str, column: str, keys: list) -> None:
         target = metadata.tables[table]
         for start in range(0, len(keys), CHUNK):
             self.conn.execute(delete(target).where(target.c.generation == self.generation,
