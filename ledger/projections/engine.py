@@ -1,9 +1,12 @@
 """The projection engine (SPEC 6): named projections folded from the log in position order.
 
 Each projection has generations. A generation's checkpoint (the last position it applied)
-is a row of `projection_state`, written in the same transaction as the rows that batch of
-events changed, so a catch-up killed at any moment resumes without losing or applying an
-event twice. Concurrent catch-ups of one generation serialize on that row's lock.
+is a row of `projection_state`, written in the same transaction as the rows the events up
+to it changed (every step of a catch-up; every `FLUSH_EVENTS` of a build from position 0,
+which holds its writes in memory meanwhile), so a fold killed at any moment resumes without
+losing or applying an event twice. Concurrent catch-ups of one generation serialize on that
+row's lock; a build that finds the checkpoint moved by another process drops what it held
+since and goes on from there.
 
 Exactly one generation of a projection is `serving`; queries join it by name and status
 in the same statement that reads the rows, so they never mix generations. A rebuild (or a
@@ -85,7 +88,8 @@ class ProjectionEngine:
         self._writer = writer(engine)
         self._reads = reader(engine)
         self._memories: dict[tuple[str, int], Memory] = {}
-        """What the builds from position 0 in this process hold, valid at their position."""
+        """What the builds from position 0 in this process hold, valid while their checkpoint
+        is still the one they last wrote."""
 
     # --- catching up ---------------------------------------------------------------------
 
@@ -292,12 +296,14 @@ class ProjectionEngine:
             if states[(name, generation)].position == 0 and (memory := self.projections[name].memory()) is not None:
                 self._memories[(name, generation)] = memory
         try:
-            while pending:
-                step = self._step(pending)
-                if on_progress:
-                    on_progress(step)
-                if step.applied == 0:
-                    break
+            with collector.settling() as settle:
+                while pending:
+                    step = self._step(pending)
+                    settle()
+                    if on_progress:
+                        on_progress(step)
+                    if step.applied == 0:
+                        break
         finally:
             for key in pending:
                 self._memories.pop(key, None)

@@ -223,7 +223,8 @@ class History:
     """The log as the rules read it, held in memory by a build of the findings from position
     0: every event applied so far, by stream and by id, the lineage edges their splits and
     transformations made, and which events were voided when. It answers what `DatabaseLog`
-    would from the same events, without reading them back."""
+    would from the same events, without reading them back; and, since this process wrote
+    every row of the generation, it knows which batches have findings stored."""
 
     holds_writes = False
 
@@ -233,6 +234,8 @@ class History:
         self._streams: dict[str, list[Event]] = {}
         self._edges: dict[str, list[Edge]] = {}
         self._voided_at: dict[str, int] = {}
+        self.with_findings: set[str] = set()
+        """The batches whose findings the generation stores."""
 
     @property
     def full(self) -> bool:
@@ -346,7 +349,13 @@ class Findings(Projection):
         touched = sorted(touched_batches(source, (event for event, _ in new_events)))
         position = new_events[-1][0].position
         findings = {f.finding_id: finding_row(f, rows.generation) for f in source.judge(touched, position)}
-        rows.delete("pj_findings", "batch_id", touched)
+        if history is None:
+            rows.delete("pj_findings", "batch_id", touched)
+        else:
+            # Built from position 0 by this process: it knows which batches have findings stored.
+            rows.delete("pj_findings", "batch_id", history.with_findings.intersection(touched))
+            history.with_findings.difference_update(touched)
+            history.with_findings.update(row["batch_id"] for row in findings.values())
         rows.write([Write("pj_findings", list(findings.values()))])
 
 
