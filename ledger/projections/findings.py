@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import Connection, Table, any_, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -58,8 +58,8 @@ def serving(table: Table, name: str):
 
 class FactSource:
     """Loads what the rules need for many batches at one log position, in bulk: the log's
-    side from `log` (the database, or the `History` a build from position 0 holds), the
-    projections' shares and declarations from the database."""
+    side (histories, lineage, voids, how batches were made, declarations) from `log` (the
+    database, or the `History` a build from position 0 holds), the shares from the database."""
 
     def __init__(self, conn: Connection, config: RuleConfig, log: LogReader | None = None):
         self.conn = conn
@@ -83,10 +83,9 @@ class FactSource:
                               batch_ids):
             shares[row.batch_id][row.ancestor] = Decimal(row.share)
         related = sorted({*batch_ids, *(a for s in shares.values() for a in s)})
-        kinds = {r.batch_id: r for r in self._rows(select(batches.c.batch_id, batches.c.origin, batches.c.origin_country),
-                                                   batches.c.batch_id, related)}
+        kinds = self.log.kinds(related)
         declarations: dict[str, list[Declaration]] = {}
-        for declaration in self.declarations(related, position, kinds):
+        for declaration in self.log.declarations(related, position, kinds):
             declarations.setdefault(declaration.batch_id, []).append(declaration)
         touching: dict[str, list[Event]] = {b: [] for b in batch_ids}
         for event in parsed.values():
@@ -109,16 +108,6 @@ class FactSource:
             result[batch_id] = Facts(batch_id, history, governing, registered, self.countries,
                                      lambda d, position=position: self.outbound(d, position))
         return result
-
-    def declarations(self, batch_ids: list[str], position: int, kinds: dict) -> list[Declaration]:
-        rows = self._rows(select(pj_declarations).where(serving(pj_declarations, "batch_state"),
-                                                        pj_declarations.c.position <= position),
-                          pj_declarations.c.batch_id, batch_ids)
-        withdrawn = self.log.voided([row.event_id for row in rows if row.voided_by], position)
-        return sorted((Declaration(row.event_id, row.batch_id, row.position,
-                                   kinds[row.batch_id].origin_country if row.batch_id in kinds else None,
-                                   json.loads(row.data))
-                       for row in rows if row.event_id not in withdrawn), key=lambda d: d.position)
 
     def outbound(self, declaration: Declaration, position: int) -> list[tuple[Event, int]]:
         """Moves out of the declared batch's origin country (by a holder there, to anywhere
@@ -159,11 +148,24 @@ Edge = tuple[str, str, str]
 """(parent, child, event_id) of a split or transformation."""
 
 
+class BatchKind(NamedTuple):
+    origin: str
+    """How the batch was made: registered, split or transformed."""
+    origin_country: str | None
+
+
 class LogReader(Protocol):
     """The log's side of what the rules read."""
 
     def edges(self, batch_ids: list[str]) -> list[Edge]:
         """The lineage edges with one of these batches at either end."""
+
+    def kinds(self, batch_ids: list[str]) -> dict[str, BatchKind]:
+        """How each of these batches was made, and its origin country."""
+
+    def declarations(self, batch_ids: list[str], position: int, kinds: dict[str, BatchKind]) -> list[Declaration]:
+        """The end-use declarations on these batches at or before `position`, not withdrawn
+        by then, in position order."""
 
     def live_events(self, batch_ids: list[str], event_ids: list[str], position: int) -> dict[str, Event]:
         """The events at or before `position` of these batches' streams or with these ids,
@@ -187,6 +189,21 @@ class DatabaseLog:
         query = select(lineage.c.parent, lineage.c.child, lineage.c.event_id)
         return [tuple(row) for column in (lineage.c.parent, lineage.c.child)
                 for row in rows_in(self.conn, query, column, batch_ids)]
+
+    def kinds(self, batch_ids: list[str]) -> dict[str, BatchKind]:
+        query = select(batches.c.batch_id, batches.c.origin, batches.c.origin_country)
+        return {row.batch_id: BatchKind(row.origin, row.origin_country)
+                for row in rows_in(self.conn, query, batches.c.batch_id, batch_ids)}
+
+    def declarations(self, batch_ids: list[str], position: int, kinds: dict[str, BatchKind]) -> list[Declaration]:
+        rows = rows_in(self.conn, select(pj_declarations).where(serving(pj_declarations, "batch_state"),
+                                                                pj_declarations.c.position <= position),
+                       pj_declarations.c.batch_id, batch_ids)
+        withdrawn = self.voided([row.event_id for row in rows if row.voided_by], position)
+        return sorted((Declaration(row.event_id, row.batch_id, row.position,
+                                   kinds[row.batch_id].origin_country if row.batch_id in kinds else None,
+                                   json.loads(row.data))
+                       for row in rows if row.event_id not in withdrawn), key=lambda d: d.position)
 
     def live_events(self, batch_ids: list[str], event_ids: list[str], position: int) -> dict[str, Event]:
         upto = select(*_EVENT_COLUMNS).where(events.c.position <= position)
@@ -221,8 +238,8 @@ class DatabaseLog:
 
 class History:
     """The log as the rules read it, held in memory by a build of the findings from position
-    0: every event applied so far, by stream and by id, the lineage edges their splits and
-    transformations made, and which events were voided when. It answers what `DatabaseLog`
+    0: every event applied so far, by stream and by id, the batches and lineage edges their
+    registrations, splits and transformations made, and which events were voided when. It answers what `DatabaseLog`
     would from the same events, without reading them back; and, since this process wrote
     every row of the generation, it knows which batches have findings stored."""
 
@@ -234,6 +251,7 @@ class History:
         self._streams: dict[str, list[Event]] = {}
         self._edges: dict[str, list[Edge]] = {}
         self._voided_at: dict[str, int] = {}
+        self._kinds: dict[str, BatchKind] = {}
         self.with_findings: set[str] = set()
         """The batches whose findings the generation stores."""
 
@@ -241,17 +259,24 @@ class History:
     def full(self) -> bool:
         return len(self._events) > HISTORY_EVENTS
 
-    def add(self, new_events: Iterable[tuple[RecordedEvent, dict]]) -> None:
+    def add(self, new_events: Iterable[tuple[RecordedEvent, dict]], countries: dict[str, str]) -> None:
+        """Takes in the next events of the log; `countries` is each party's country."""
         for recorded, effects in new_events:
             event = Event(recorded.event_id, recorded.type, recorded.batch_id, recorded.actor,
                           _occurred(recorded.occurred_at), recorded.position, recorded.data, effects)
             self._events[event.event_id] = event
             self._streams.setdefault(event.batch_id, []).append(event)
             data = event.data
-            if event.type == "batch.split":
+            # Batches are made as the append path makes them (ledger/custody.py).
+            if event.type == "batch.registered":
+                self._kinds[event.batch_id] = BatchKind("registered", data["origin_country"])
+            elif event.type == "batch.split":
+                parent = self._kinds.get(event.batch_id)
                 for child in data["children"]:
+                    self._kinds[child["batch_id"]] = BatchKind("split", parent.origin_country if parent else None)
                     self._edge((event.batch_id, child["batch_id"], event.event_id))
             elif event.type == "batch.transformed":
+                self._kinds[event.batch_id] = BatchKind("transformed", countries.get(event.actor))
                 for portion in data["inputs"]:
                     self._edge((portion["batch_id"], event.batch_id, event.event_id))
             elif event.type == "event.voided":
@@ -272,6 +297,16 @@ class History:
 
     def voided(self, event_ids: list[str], position: int) -> set[str]:
         return {i for i in event_ids if self._is_voided(i, position)}
+
+    def kinds(self, batch_ids: list[str]) -> dict[str, BatchKind]:
+        return {b: self._kinds[b] for b in batch_ids if b in self._kinds}
+
+    def declarations(self, batch_ids: list[str], position: int, kinds: dict[str, BatchKind]) -> list[Declaration]:
+        return sorted((Declaration(e.event_id, batch_id, e.position,
+                                   kinds[batch_id].origin_country if batch_id in kinds else None, e.data)
+                       for batch_id in batch_ids for e in self._streams.get(batch_id, ())
+                       if e.type == "enduse.declared" and e.position <= position
+                       and not self._is_voided(e.event_id, position)), key=lambda d: d.position)
 
     def moves(self, batch_ids: list[str], after: int, upto: int) -> list[Event]:
         return sorted((e for batch_id in batch_ids for e in self._streams.get(batch_id, ())
@@ -343,9 +378,9 @@ class Findings(Projection):
 
     def apply(self, rows: GenerationRows, new_events) -> None:
         history = rows.memory if isinstance(rows.memory, History) else None
-        if history is not None:
-            history.add(new_events)
         source = FactSource(rows.conn, self.config, history)
+        if history is not None:
+            history.add(new_events, source.countries)
         touched = sorted(touched_batches(source, (event for event, _ in new_events)))
         position = new_events[-1][0].position
         findings = {f.finding_id: finding_row(f, rows.generation) for f in source.judge(touched, position)}
