@@ -239,9 +239,10 @@ class DatabaseLog:
 class History:
     """The log as the rules read it, held in memory by a build of the findings from position
     0: every event applied so far, by stream and by id, the batches and lineage edges their
-    registrations, splits and transformations made, and which events were voided when. It answers what `DatabaseLog`
-    would from the same events, without reading them back; and, since this process wrote
-    every row of the generation, it knows which batches have findings stored."""
+    registrations, splits and transformations made, and which events were voided when. It
+    answers what `DatabaseLog` would from the same events, without reading them back; and,
+    since this process wrote every row of the generation, it knows which batches have
+    findings stored."""
 
     holds_writes = False
 
