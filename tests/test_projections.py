@@ -287,6 +287,24 @@ def test_a_voided_transformation_changes_the_shares_downstream(ledger):
     assert {name: ledger.projections.digest(name) for name in ledger.projections.projections} == digests
 
 
+def test_a_rebuild_that_writes_at_every_event_redoes_shares_it_had_written(ledger):
+    """A void re-derives shares the rebuild wrote at an earlier checkpoint: the rows held in
+    memory must replace them in the database (deleted by primary key, then written again)."""
+    cast = parties(ledger)
+    ids = story(ledger, cast)
+    made = ledger.store.stream(ids["motor"])[0]
+    car = unique("CAR")
+    post(ledger, cast["motors"], event("batch.transformed", car, {
+        "inputs": [{"batch_id": ids["motor"], "mass_kg": "40"}], "product": "car", "mass_kg": "800"}))
+    post(ledger, cast["motors"], event("event.voided", ids["motor"], {
+        "voided_event_id": made.event_id, "reason": "did_not_occur"}))
+    ledger.projections.catch_up()
+    digests = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
+    ledger.projections.batch_size = ledger.projections.flush_events = 1
+    ledger.projections.rebuild()
+    assert {name: ledger.projections.digest(name) for name in ledger.projections.projections} == digests
+
+
 @given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=12), st.data())
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path, steps, data):

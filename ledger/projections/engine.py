@@ -141,7 +141,8 @@ class ProjectionEngine:
             # In the targets' order: a projection may read the rows of those before it.
             for target in targets:
                 name, generation = target
-                memory, generation_rows = memories[target], GenerationRows(conn, generation, memories[target])
+                memory = memories[target]
+                generation_rows = GenerationRows(conn, generation, memory)
                 unseen = [item for item in batch if item[0].position > applied[target]]
                 if unseen:
                     self.projections[name].apply(generation_rows, unseen)
