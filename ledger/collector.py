@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 _lock = threading.Lock()
 _pauses = 0
@@ -36,16 +36,3 @@ def paused() -> Iterator[None]:
             _pauses -= 1
             if _pauses == 0 and _enabled_before:
                 gc.enable()
-
-
-@contextlib.contextmanager
-def settling() -> Iterator[Callable[[], None]]:
-    """For long work that keeps most of what it makes (a rebuild's memory, millions of rows
-    and events): each call of the `settle` it yields moves every object alive out of the
-    collector's sight (`gc.freeze`), so that its passes stop walking a heap that only grows
-    again and again; at the end they are handed back (`gc.unfreeze`), and a cycle among them
-    is collected as usual."""
-    try:
-        yield gc.freeze
-    finally:
-        gc.unfreeze()

@@ -73,9 +73,9 @@ class Finding:
                 "position": self.position}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
-    """What the rules need of one logged event."""
+    """What the rules need of one logged event (not frozen, for the reason RecordedEvent is not)."""
 
     event_id: str
     type: str

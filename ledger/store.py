@@ -393,7 +393,8 @@ class EventStore:
         query = select(*_ENVELOPE_COLUMNS, events.c.effects).where(events.c.position > after)
         if until is not None:
             query = query.where(events.c.position <= until)
-        rows = conn.execute(query.order_by(events.c.position).limit(limit))
+        # On the driver's cursor: SQLAlchemy's rows cost twice what decoding them does.
+        rows = recorder_for(conn).rows(query.order_by(events.c.position).limit(limit))
         return [(_recorded(row), fastjson.loads(row[-1])) for row in rows]
 
     def stream(self, batch_id: str, after_version: int = 0, limit: int = 1000) -> list[RecordedEvent]:

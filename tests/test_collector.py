@@ -54,11 +54,3 @@ def test_the_collector_resumes_when_the_work_raises(collecting):
     with pytest.raises(RuntimeError), collector.paused():
         raise RuntimeError("the work failed")
     assert gc.isenabled()
-
-
-def test_settling_hides_what_is_alive_from_the_collector_until_the_work_ends():
-    kept = [[] for _ in range(1000)]
-    with collector.settling() as settle:
-        settle()
-        assert gc.get_freeze_count() >= len(kept)
-    assert gc.get_freeze_count() == 0

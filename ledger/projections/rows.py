@@ -119,7 +119,10 @@ class RowCache:
         for table, pks in self._new.items():
             if pks:
                 rows = self._rows[table]
-                writes.append(Write(table, [rows[pk] for pk in pks]))
+                # In key order, each insert lands beside the last on the primary key's index
+                # (a new generation's keys all sort after the old one's): loading 260,000
+                # share edges ran at 84,000-108,000 rows/s against 53,000-66,000 unsorted.
+                writes.append(Write(table, [rows[pk] for pk in sorted(pks)]))
         for table, changed in self._changed.items():
             by_kind: dict[tuple, list[dict]] = {}
             for pk, item in changed.items():
