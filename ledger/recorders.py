@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -230,9 +231,10 @@ class PostgresRecorder(SqlRecorder):
                 if not item.rows:
                     continue
                 names = list(item.rows[0])
+                values = operator.itemgetter(*names)
                 with cursor.copy(f"COPY {item.table} ({', '.join(names)}) FROM STDIN") as copy:
                     for row in item.rows:
-                        copy.write_row([row[name] for name in names])
+                        copy.write_row(values(row))
 
     @contextlib.contextmanager
     def pipelined(self):

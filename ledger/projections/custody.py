@@ -50,6 +50,9 @@ def _load(rows: GenerationRows, table, key_columns: list[str], keys: Iterable[tu
     return found
 
 
+_CREATES = frozenset({"batch.registered", "batch.split", "batch.transformed"})
+
+
 class BatchState(Projection):
     """Per batch: kind, material, origin, initial and current mass, holdings by party, and
     the end-use declarations recorded on it (with the void that withdrew one, if any)."""
@@ -77,7 +80,8 @@ class BatchState(Projection):
             declarations.update({k[0]: v for k, v in _load(rows, pj_declarations, ["event_id"],
                                                             [(v,) for v in voided]).items()})
         for event, effects in events:
-            self._create_batches(event, batches, countries, generation)
+            if event.type in _CREATES:
+                self._create_batches(event, batches, countries, generation)
             if event.type == "enduse.declared":
                 declarations[event.event_id] = {
                     "generation": generation, "event_id": event.event_id, "batch_id": event.batch_id,
@@ -88,11 +92,12 @@ class BatchState(Projection):
                 row = holdings.setdefault((batch_id, party_id), {"generation": generation, "batch_id": batch_id,
                                                                  "party_id": party_id, "mass_mg": 0})
                 row["mass_mg"] += delta
+            if (own := batches.get(event.batch_id)) is not None:
+                own["updated_position"] = event.position
             for batch_id, delta in effects.get("remaining", ()):
-                batches[batch_id]["current_mass_mg"] += delta
-            for batch_id in {event.batch_id, *(b for b, _ in effects.get("remaining", ()))}:
-                if batch_id in batches:
-                    batches[batch_id]["updated_position"] = event.position
+                batch = batches[batch_id]
+                batch["current_mass_mg"] += delta
+                batch["updated_position"] = event.position
         rows.write([
             Write("pj_batches", list(batches.values()), ("generation", "batch_id"),
                   ("current_mass_mg", "updated_position")),
