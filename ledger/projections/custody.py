@@ -59,6 +59,7 @@ class BatchState(Projection):
 
     name = "batch_state"
     version = 1
+    rebuild_cost = 36
     tables = (pj_batches, pj_holdings, pj_declarations)
 
     def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
@@ -133,6 +134,7 @@ class Shipments(Projection):
 
     name = "shipments"
     version = 1
+    rebuild_cost = 5
     tables = (pj_shipments,)
 
     def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
@@ -174,6 +176,7 @@ class Lineage(Projection):
 
     name = "lineage"
     version = 1
+    rebuild_cost = 8
     tables = (pj_lineage,)
 
     def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:
@@ -219,6 +222,7 @@ class Shares(Projection):
 
     name = "shares"
     version = 1
+    rebuild_cost = 22
     tables = (pj_shares, pj_share_edges)
 
     def apply(self, rows: GenerationRows, events: list[tuple[RecordedEvent, dict]]) -> None:

@@ -366,6 +366,7 @@ class Findings(Projection):
 
     name = "findings"
     version = 1
+    rebuild_cost = 45
     tables = (pj_findings,)
     requires = ("batch_state", "shares")
 
