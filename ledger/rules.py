@@ -12,6 +12,7 @@ moment, never at a global now().
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,7 +40,16 @@ class RuleConfig:
     transit_window_days: int = 30
 
     def beyond_tolerance(self, excess_mg: int, basis_mg: int) -> bool:
-        return excess_mg > int(Decimal(basis_mg) * self.mass_tolerance) + ABSOLUTE_TOLERANCE_MG
+        """Whether `excess_mg` is more than the tolerance on `basis_mg` (a mass received or
+        registered, never negative), the relative part truncated to whole milligrams."""
+        numerator, denominator = self._tolerance_ratio
+        return excess_mg > basis_mg * numerator // denominator + ABSOLUTE_TOLERANCE_MG
+
+    @functools.cached_property
+    def _tolerance_ratio(self) -> tuple[int, int]:
+        """The tolerance as an exact fraction: whole-number arithmetic gives what Decimal's
+        does here, in a tenth of the time (the rules ask it for every outflow of a rebuild)."""
+        return self.mass_tolerance.as_integer_ratio()
 
 
 @dataclass(frozen=True)

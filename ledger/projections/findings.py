@@ -78,10 +78,10 @@ class FactSource:
         edges = self.log.edges(batch_ids)
         parsed = self.log.live_events(batch_ids, [edge[2] for edge in edges], position)
         shares: dict[str, dict[str, Decimal]] = {b: {} for b in batch_ids}
-        for row in self._rows(select(pj_shares.c.batch_id, pj_shares.c.ancestor, pj_shares.c.share)
-                              .where(serving(pj_shares, "shares")), pj_shares.c.batch_id,
-                              batch_ids):
-            shares[row.batch_id][row.ancestor] = Decimal(row.share)
+        for batch_id, ancestor, share in self._rows(
+                select(pj_shares.c.batch_id, pj_shares.c.ancestor, pj_shares.c.share)
+                .where(serving(pj_shares, "shares")), pj_shares.c.batch_id, batch_ids):
+            shares[batch_id][ancestor] = Decimal(share)
         related = sorted({*batch_ids, *(a for s in shares.values() for a in s)})
         kinds = self.log.kinds(related)
         declarations: dict[str, list[Declaration]] = {}
