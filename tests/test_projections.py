@@ -36,6 +36,17 @@ def story(ledger, cast):
             "declaration": declaration["event_id"]}
 
 
+def void_the_making_of_a_motor_built_into_a_car(ledger, cast) -> None:
+    """A story whose motor goes into a car, then the motor's transformation is voided: the
+    car's shares must be derived again without it."""
+    ids = story(ledger, cast)
+    made = ledger.store.stream(ids["motor"])[0]
+    post(ledger, cast["motors"], event("batch.transformed", unique("CAR"), {
+        "inputs": [{"batch_id": ids["motor"], "mass_kg": "40"}], "product": "car", "mass_kg": "800"}))
+    post(ledger, cast["motors"], event("event.voided", ids["motor"], {
+        "voided_event_id": made.event_id, "reason": "did_not_occur"}))
+
+
 def test_batch_state_shows_masses_holdings_shipments_and_declarations(ledger):
     cast = parties(ledger)
     ids = story(ledger, cast)
@@ -345,13 +356,7 @@ def test_a_rebuild_that_writes_at_every_event_redoes_shares_it_had_written(ledge
     """A void re-derives shares the rebuild wrote at an earlier checkpoint: the rows held in
     memory must replace them in the database (deleted by primary key, then written again)."""
     cast = parties(ledger)
-    ids = story(ledger, cast)
-    made = ledger.store.stream(ids["motor"])[0]
-    car = unique("CAR")
-    post(ledger, cast["motors"], event("batch.transformed", car, {
-        "inputs": [{"batch_id": ids["motor"], "mass_kg": "40"}], "product": "car", "mass_kg": "800"}))
-    post(ledger, cast["motors"], event("event.voided", ids["motor"], {
-        "voided_event_id": made.event_id, "reason": "did_not_occur"}))
+    void_the_making_of_a_motor_built_into_a_car(ledger, cast)
     ledger.projections.catch_up()
     digests = {name: ledger.projections.digest(name) for name in ledger.projections.projections}
     ledger.projections.batch_size = ledger.projections.flush_events = 1
@@ -370,13 +375,7 @@ def test_catching_up_in_random_steps_equals_a_rebuild(sqlite_template, tmp_path,
             if kind == "story":
                 story(ledger, cast)
             elif kind == "void-transformation":
-                ids = story(ledger, cast)
-                made = ledger.store.stream(ids["motor"])[0]
-                car = unique("CAR")
-                post(ledger, cast["motors"], event("batch.transformed", car, {
-                    "inputs": [{"batch_id": ids["motor"], "mass_kg": "40"}], "product": "car", "mass_kg": "800"}))
-                post(ledger, cast["motors"], event("event.voided", ids["motor"], {
-                    "voided_event_id": made.event_id, "reason": "did_not_occur"}))
+                void_the_making_of_a_motor_built_into_a_car(ledger, cast)
             elif kind == "ship":
                 batch = unique()
                 post(ledger, cast["maker"], registered(batch, "5"), shipped(batch, unique("S"), "pune-motors", "2"))
