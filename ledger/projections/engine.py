@@ -56,8 +56,9 @@ class Projection:
     requires: tuple[str, ...] = ()
     """Projections whose serving rows `apply` reads: they are caught up in the same steps."""
     rebuild_cost: float = 1.0
-    """Seconds a rebuild of the bench's 1,000,000-event log spends on this projection (its
-    folding and its rows' writing, measured): what `rebuild_groups` balances."""
+    """Seconds a rebuild of the bench's 1,000,000-event log spends on this projection: its
+    fold as timed, plus its part of the timed COPY by the rows it writes. What
+    `rebuild_groups` balances."""
 
     def memory(self) -> Memory | None:
         """What a build from position 0 keeps between its steps (`rows.memory`), so that it
