@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
+import weakref
 from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
@@ -294,6 +295,36 @@ def test_a_build_from_position_0_keeps_the_collector_paused_between_its_steps_an
     finally:
         if not was:
             gc.disable()
+
+
+def test_a_build_lets_go_of_every_memory_before_the_collector_resumes(ledger, monkeypatch):
+    """Resumed with a memory still alive, the collector's first pass walked all of it: 2.2 s
+    of a million-event build of the findings."""
+    cast = parties(ledger)
+    story(ledger, cast)
+    engine = ledger.projections
+    engine.catch_up()
+    memories = []
+    for projection in engine.projections.values():
+        def remembered(make=projection.memory):
+            memory = make()
+            if memory is not None:
+                memories.append(weakref.ref(memory))
+            return memory
+        monkeypatch.setattr(projection, "memory", remembered)
+    alive_when_resumed = []
+    enable = gc.enable
+    monkeypatch.setattr(gc, "enable", lambda: (alive_when_resumed.append(
+        [ref() is not None for ref in memories]), enable()))
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        engine.rebuild()
+    finally:
+        if not was:
+            gc.disable()
+    assert len(memories) == len(engine.projections)
+    assert alive_when_resumed and not any(any(alive) for alive in alive_when_resumed)
 
 
 def test_two_processes_that_both_find_no_serving_generation_end_with_one(database_url, clock):
