@@ -295,6 +295,25 @@ def test_postgres_refuses_truncate(postgres_url, clock):
     opened.close()
 
 
+@pytest.mark.parametrize("session", [True, False], ids=["append leader", "catch-up step"])
+def test_statements_kept_on_their_indexes_are_not_jit_compiled(postgres_url, clock, session):
+    """With sequential scans priced out, a scan of a table with no useful index costs more
+    than `jit_above_cost`: compiling it took 10-100 ms where it runs in 0.5."""
+    from ledger.recorders import recorder_for
+    from ledger.services import Ledger
+    from tests.conftest import settings_for
+
+    opened = Ledger.open(settings_for(postgres_url), clock=clock)
+    with opened.engine.connect() as conn:
+        conn.execute(text("SET jit_above_cost = 0"))  # whatever the server's threshold
+        recorder_for(conn).prefer_index_lookups(session=session)
+        plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) SELECT party_id, country FROM parties")).scalar()
+        settings = conn.execute(text("SELECT current_setting('enable_seqscan'), current_setting('jit')")).one()
+    opened.close()
+    assert "JIT" not in plan[0], plan[0].get("JIT")
+    assert tuple(settings) == ("off", "off")
+
+
 # --- several writers on one database (two server processes) --------------------------------
 
 
