@@ -32,10 +32,14 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         return engine
     # Plan every execution with its parameters: a cached generic plan made while a table
     # was small keeps choosing sequential scans long after the table has grown.
+    # No JIT compilation: every statement here is short, and where sequential scans are
+    # priced out (`prefer_index_lookups`) a scan of the few rows of `parties` costs more
+    # than `jit_above_cost`; it was compiled at every catch-up step, 10 ms (100 ms the first
+    # time) for a query that runs in 0.5.
     # No pre-ping: it costs a round trip per checkout. A connection found dead raises a
     # disconnect error, SQLAlchemy then replaces the whole pool, and the caller answers 503.
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                         connect_args={"options": "-c plan_cache_mode=force_custom_plan"})
+                         connect_args={"options": "-c plan_cache_mode=force_custom_plan -c jit=off"})
 
 
 # SQLSTATEs of a database that is up but cannot write: a read-only transaction, a standby.

@@ -158,14 +158,10 @@ class PostgresRecorder(SqlRecorder):
         """Every statement of the append and catch-up paths is a look-up by key. Without
         statistics (a new or fast-growing table before autovacuum has analyzed it, or a server
         with autovacuum off) PostgreSQL may plan a sequential scan for `= ANY(...)`; measured
-        here, that made look-ups 60 times slower on a million-event log.
-
-        JIT compilation goes off with it: a scan of a table with no useful index (the few
-        rows of `parties`) then costs ten billion, far past `jit_above_cost`, and was compiled
-        for 10 ms at every catch-up step (100 ms the first time), where it runs in 0.5 ms."""
+        here, that made look-ups 60 times slower on a million-event log."""
+        scope = "SESSION" if session else "LOCAL"
         with _translated(), self.raw.cursor() as cursor:
-            cursor.execute("SELECT set_config('enable_seqscan', 'off', %(local)s), set_config('jit', 'off', %(local)s)",
-                           {"local": not session})
+            cursor.execute(f"SET {scope} enable_seqscan = off")
 
     def refresh_statistics(self, tables: Iterable[str]) -> list[str]:
         """ANALYZE the tables that have never been analyzed or have changed by more than a

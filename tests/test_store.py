@@ -305,13 +305,11 @@ def test_statements_kept_on_their_indexes_are_not_jit_compiled(postgres_url, clo
 
     opened = Ledger.open(settings_for(postgres_url), clock=clock)
     with opened.engine.connect() as conn:
-        conn.execute(text("SET jit_above_cost = 0"))  # whatever the server's threshold
         recorder_for(conn).prefer_index_lookups(session=session)
         plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) SELECT party_id, country FROM parties")).scalar()
-        settings = conn.execute(text("SELECT current_setting('enable_seqscan'), current_setting('jit')")).one()
     opened.close()
+    assert plan[0]["Plan"]["Total Cost"] > 100_000  # PostgreSQL's default jit_above_cost
     assert "JIT" not in plan[0], plan[0].get("JIT")
-    assert tuple(settings) == ("off", "off")
 
 
 # --- several writers on one database (two server processes) --------------------------------
