@@ -3,6 +3,7 @@ or a worker killed with SIGKILL (SPEC 6)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,11 +95,40 @@ def test_posts_succeed_while_redis_is_down_and_projections_converge_after(postgr
 
 
 def start_worker_group(env: dict, log_path, *command: str) -> subprocess.Popen:
-    """A `magledger` process in a session of its own, so that SIGKILL to the group takes the
-    RQ work horse down with the worker, as a crashed machine would."""
+    """A `magledger` process in a session of its own, so that a signal to its group reaches it
+    and nothing of the test's (RQ's work horse has a group of its own: see
+    `kill_with_its_work_horses`)."""
     with open(log_path, "a") as log:
         return subprocess.Popen([sys.executable, "-m", "ledger.cli", *command], env={**os.environ, **env},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_with_its_work_horses(worker: subprocess.Popen) -> None:
+    """SIGKILL to the worker's process group and to the group of every process under it, as a
+    crashed machine would: RQ's work horse moves into a group of its own (`os.setpgrp`), so
+    killing the worker's group alone left the job running to its end."""
+    groups = {worker.pid}
+    for pid in _descendants(worker.pid):
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    groups.discard(os.getpgrp())
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    worker.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    table = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in table.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children.get(parent, ())]
+        found += frontier
+    return found
 
 
 def test_a_worker_killed_mid_rebuild_is_resumed_and_matches_a_rebuild_from_scratch(postgres_url, private_redis,
@@ -125,13 +155,17 @@ def test_a_worker_killed_mid_rebuild_is_resumed_and_matches_a_rebuild_from_scrat
             row = ledger.projections._state("batch_state", "building")
             return row.position if row else 0
 
-        assert wait_until(lambda: building_position() >= 5_000, timeout=120), (tmp_path / "worker.log").read_text()
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
+        # Polled often: the whole build takes about a second on a fast machine.
+        assert wait_until(lambda: building_position() >= 5_000, timeout=120, interval=0.01), \
+            (tmp_path / "worker.log").read_text()
+        kill_with_its_work_horses(worker)
         time.sleep(1)
         interrupted = ledger.projections._state("batch_state", "building")
         assert interrupted is not None and interrupted.generation == generation
         assert 0 < interrupted.position < 50_000
+        time.sleep(1)
+        still = ledger.projections._state("batch_state", "building")
+        assert still is not None and still.position == interrupted.position, "the rebuild went on after its worker died"
         assert ledger.projections.digest("batch_state") == expected, "readers still see the serving generation"
 
         # A new worker and the scheduler's periodic catch-up finish the same generation.
