@@ -238,7 +238,7 @@ def eventsourcing_application(
     try:
         if not isinstance(app.recorder, PostgresApplicationRecorder):
             msg = f"expected PostgreSQL persistence, got {type(app.recorder).__name__}"
-            raise RuntimeError(msg)
+            raise TypeError(msg)
         table = app.recorder.events_table_name
         app.recorder.datastore.pool.wait()
 
