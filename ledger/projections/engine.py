@@ -312,9 +312,9 @@ class ProjectionEngine:
         self._start_memories([key for key in pending if states[key].position == 0])
         # A build keeps most of what it makes until it ends; the collector's passes over
         # that growing heap after every step were a tenth of a million-event rebuild. What
-        # it kept is let go before the collector resumes: resumed first, it made one pass
-        # over the ten million objects the findings' memory holds, 2.2 s of a 35 s build
-        # (py-spy, and timed by a `gc.callbacks` hook).
+        # it kept is let go before the collector resumes; while a local still held the last
+        # memory, the collector's first pass walked its ten million objects, 2.2 s of a 35 s
+        # build of the findings (timed by a `gc.callbacks` hook).
         with collector.paused():
             try:
                 while pending:
