@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from ledger.projections import BatchState
-from ledger.projections.findings import FactSource
+from ledger.projections.findings import FactSource, read_serving_shares
 from ledger.rules import RuleConfig
-from ledger.schema import projection_state
+from ledger.schema import pj_shares, projection_state
 from ledger.services import Ledger
 from tests.conftest import fresh_sqlite, settings_for
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
@@ -204,6 +204,63 @@ def test_a_rebuild_before_anything_was_built_judges_with_the_shares_and_declarat
     ledger.projections.rebuild()
     assert ledger.projections.digest("findings") == digest
     ledger.close()
+
+
+def test_a_findings_build_judges_what_arrives_after_the_shares_it_holds_with_the_shares_it_brings(ledger):
+    """A build of the findings from position 0 reads the serving shares once, as of the
+    position they had reached. Meanwhile a motor is made from declared magnets and exported
+    to the United States, and the making of an earlier, exported motor is voided: the first
+    is a diversion only through shares made after those held, the second no longer is one
+    only through shares changed since."""
+    cast = parties(ledger)
+    ids = story(ledger, cast)
+    post(ledger, cast["motors"], event("custody.exported", ids["motor"], {"to_country": "US", "customs_ref": unique("SB")}))
+    story(ledger, cast)
+    engine = ledger.projections
+    engine.catch_up()
+    assert _diverted(ledger, ids["motor"])
+    engine.batch_size = 3
+    position = ledger.store.last_position()
+    new_motor, arrived = unique("MOT"), []
+
+    def events_arrive(step):
+        if arrived:
+            return
+        arrived.append(step.position)
+        post(ledger, cast["motors"], event("batch.transformed", new_motor, {
+            "inputs": [{"batch_id": ids["half"], "mass_kg": "4"}], "product": "traction motor", "mass_kg": "200"}))
+        post(ledger, cast["motors"], event("custody.exported", new_motor, {"to_country": "US",
+                                                                          "customs_ref": unique("SB")}))
+        post(ledger, cast["motors"], event("event.voided", ids["motor"], {
+            "voided_event_id": ledger.store.stream(ids["motor"])[0].event_id, "reason": "did_not_occur"}))
+        engine.catch_up(["batch_state", "shares"])
+
+    engine.rebuild(["findings"], on_progress=events_arrive)
+    assert arrived[0] < position, "the events arrived in the middle of the build"
+    assert _diverted(ledger, new_motor) and not _diverted(ledger, ids["motor"])
+    rebuilt = engine.digest("findings")
+    engine.rebuild(["findings"])
+    assert engine.digest("findings") == rebuilt
+
+
+def test_the_shares_a_findings_build_holds_are_those_its_steps_would_read(ledger):
+    cast = parties(ledger)
+    ids = story(ledger, cast)
+    void_the_making_of_a_motor_built_into_a_car(ledger, cast)
+    ledger.projections.catch_up()
+    position = ledger.store.last_position()
+    with ledger.engine.connect() as conn:
+        held = read_serving_shares(conn)
+        batches = [*ids.values(), *conn.execute(select(pj_shares.c.batch_id)).scalars()]
+        read = FactSource(conn, RuleConfig()).shares(batches, position)
+        assert held.position == position
+        assert FactSource(conn, RuleConfig(), held=held).shares(batches, position) == read
+        assert read[ids["motor"]] and not read[ids["magnet"]]
+        assert read_serving_shares(conn, limit=1) is None, "more shares than it may hold"
+
+
+def _diverted(ledger, batch_id: str) -> bool:
+    return "destination_not_permitted" in {f.rule for f in ledger.diversion.findings(batch_id=batch_id)[0]}
 
 
 def test_a_long_catch_up_first_refreshes_the_statistics_missing_or_stale(database_url, clock):
