@@ -282,7 +282,7 @@ class History:
     registrations, splits and transformations made, and which events were voided when. It
     answers what `DatabaseLog` would from the same events, without reading them back; and,
     since this process wrote every row of the generation, it knows which batches have
-    findings stored."""
+    findings stored. It also keeps the serving shares its first step read (`HeldShares`)."""
 
     holds_writes = False
 
