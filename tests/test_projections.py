@@ -251,7 +251,8 @@ def test_the_shares_a_findings_build_holds_are_those_its_steps_would_read(ledger
     position = ledger.store.last_position()
     with ledger.engine.connect() as conn:
         held = read_serving_shares(conn)
-        batches = [*ids.values(), *conn.execute(select(pj_shares.c.batch_id)).scalars()]
+        batches = [*(ids[k] for k in ("magnet", "half", "rest", "motor")),
+                   *conn.execute(select(pj_shares.c.batch_id)).scalars()]
         read = FactSource(conn, RuleConfig()).shares(batches, position)
         assert held.position == position
         assert FactSource(conn, RuleConfig(), held=held).shares(batches, position) == read
