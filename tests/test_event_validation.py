@@ -81,6 +81,22 @@ def test_a_mass_sent_as_a_json_number_stays_exact():
     assert mass_to_mg("0.000001") == 1 and mg_to_mass(1) == "0.000001" and mg_to_mass(2_500_000) == "2.5"
 
 
+def test_composition_names_each_bad_element_and_share_and_normalizes_the_good_ones():
+    raw = registered("B-1")
+    raw["data"]["composition"] = {"nd": "1", "Nd": "100.5", "Dy": None, "Fe": "1.0000001", "B": True, "Co": "2"}
+    assert errors_of(raw) == {
+        "data.composition.nd.key": ["must be an element symbol"],
+        "data.composition.Nd.value": ["must be a percentage between 0 and 100"],
+        "data.composition.Dy.value": ["Field may not be null."],
+        "data.composition.Fe.value": ["must have at most 6 decimal places"],
+        "data.composition.B.value": ["must be a percentage between 0 and 100"],
+    }
+    raw["data"]["composition"] = ["Nd"]
+    assert errors_of(raw) == {"data.composition": ["Not a valid mapping type."]}
+    raw["data"]["composition"] = {"Nd": "029.50", "Dy": 4, "B": loads('{"b": 0.10}')["b"], "Fe": "0"}
+    assert parse_event(raw, NOW).data["composition"] == {"Nd": "29.5", "Dy": "4", "B": "0.1", "Fe": "0"}
+
+
 @pytest.mark.parametrize("country", ["in", "IND", "XX", "", 12])
 def test_bad_country_codes_are_rejected(country):
     raw = registered("B-1")
