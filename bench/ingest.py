@@ -119,6 +119,27 @@ def start_server(database_url: str, workdir: Path, workers: int = 2,
     raise RuntimeError("the server did not start; see bench-server.log")
 
 
+def workers_cpu(server: subprocess.Popen) -> dict[int, float]:
+    """CPU seconds each of the server's worker processes has used so far (Linux), to show how
+    the clients' connections fell between them: a worker holding most of them is bound by its
+    own interpreter lock while the other idles."""
+    used = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == server.pid:
+            used[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def print_split(before: dict[int, float], after: dict[int, float]) -> None:
+    split = [after[pid] - before.get(pid, 0.0) for pid in sorted(after)]
+    if split:
+        print("    CPU seconds by server worker: " + ", ".join(f"{seconds:.1f}" for seconds in split), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -175,10 +196,14 @@ def main() -> None:
     process, base = start_server(http_url, workdir, redis_url=args.redis or None)
     try:
         singles = [json.dumps(registration(i)).encode() for i in range(n)]
+        before = workers_cpu(process)
         record("(e) HTTP, 1 event per request, 8 clients", http_clients(base, key.api_key, singles, 1))
+        print_split(before, workers_cpu(process))
         batches = [json.dumps({"events": [registration(i * 500 + j) for j in range(500)]}).encode()
                    for i in range(max(n // 500, 8))]
+        before = workers_cpu(process)
         record("(e) HTTP, 500 events per request, 8 clients", http_clients(base, key.api_key, batches, 500))
+        print_split(before, workers_cpu(process))
         print("(e) the HTTP stack's own ceiling on this machine, for context (requests/s)")
         record("GET /healthz (no database), 8 clients",
                http_clients(base, key.api_key, [b""] * n, 1, method="GET", path="/healthz", status=200))
