@@ -165,6 +165,11 @@ def magledger(*args: str, env: dict, check: bool = True, timeout: float = 60) ->
 
 
 class LiveServer:
+    IDLE_SECONDS = 2.0
+    """Below the server's keep-alive (5 s): a pooled connection idle for longer is not reused.
+    Reusing one at the moment the server closes it is a race that HTTP allows (the request is
+    reset unanswered); a test waiting on CLI subprocesses between two requests hit it."""
+
     def __init__(self, url: str, database_url: str, env: dict, process: subprocess.Popen, log_path: Path):
         self.url = url
         self.log_path = log_path
@@ -172,6 +177,7 @@ class LiveServer:
         self.env = env
         self.process = process
         self.session = requests.Session()
+        self._last_request = time.monotonic()
 
     def add_party(self, party_id: str, country: str = "IN", role: str = "partner") -> str:
         import json
@@ -184,7 +190,12 @@ class LiveServer:
         headers = kwargs.pop("headers", {})
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        return self.session.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        if time.monotonic() - self._last_request > self.IDLE_SECONDS:
+            self.session.close()
+        try:
+            return self.session.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        finally:
+            self._last_request = time.monotonic()
 
 
 def start_server(database_url: str, log_path: Path, extra_env: dict | None = None, workers: int = 2) -> LiveServer:
