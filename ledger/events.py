@@ -146,8 +146,10 @@ class Composition(fields.Dict):
     document, checked in one pass: the generic Dict field, which deserializes every key and
     value through a field of its own, was half of a registration's validation (21 of 38 µs)."""
 
+    NOT_AN_ELEMENT = "must be an element symbol"
+
     def __init__(self, **kwargs):
-        super().__init__(keys=fields.String(validate=FullMatch(ELEMENT, error="must be an element symbol")),
+        super().__init__(keys=fields.String(validate=FullMatch(ELEMENT, error=self.NOT_AN_ELEMENT)),
                          values=Percent(), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -156,7 +158,7 @@ class Composition(fields.Dict):
         result, errors = {}, {}
         for key, share in value.items():
             if not isinstance(key, str) or ELEMENT.fullmatch(key) is None:
-                errors.setdefault(key, {})["key"] = ["must be an element symbol"]
+                errors.setdefault(key, {})["key"] = [self.NOT_AN_ELEMENT]
             if share is None:
                 errors.setdefault(key, {})["value"] = ["Field may not be null."]
                 continue
