@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from ledger.config import ConfigError
 from ledger.services import Ledger
 from tests.conftest import magledger, settings_for, start_server, stop_server
 from tests.helpers import declared, parties, post, registered, shipped, unique
+from workers.runner import QUEUE_NAME, CatchUpNotifier
 
 
 def start_worker(env: dict, log_path) -> subprocess.Popen:
@@ -92,6 +94,39 @@ def test_posts_succeed_while_redis_is_down_and_projections_converge_after(postgr
             worker.terminate()
             worker.wait(timeout=30)
         stop_server(server)
+
+
+def test_a_post_does_not_wait_on_a_redis_that_never_answers(postgres_url, tmp_path):
+    """The catch-up is asked for by a thread of the server's own, so a Redis that accepts
+    connections and never answers (each ask waits out the client's 5 s timeout) does not
+    hold up the posts. The rate limiter, which does ask Redis in the request, is off."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:
+        server = start_server(postgres_url, tmp_path / "server.log",
+                              {"REDIS_URL": f"redis://127.0.0.1:{silent.getsockname()[1]}/0", "LEDGER_RATE_LIMIT": "off"})
+        try:
+            key = server.add_party("maker-co", "CN")
+            started = time.monotonic()
+            for _ in range(3):
+                response = server.request("POST", "/v1/events", key, json=registered(unique()))
+                assert response.status_code == 201, response.text
+            assert time.monotonic() - started < 5
+        finally:
+            stop_server(server)
+
+
+def test_a_catch_up_that_could_not_be_asked_for_is_asked_for_when_redis_returns(private_redis):
+    """The notifier's thread retries a failed ask on its own: the appends made while Redis
+    was down are caught up without waiting for the next append."""
+    notifier = CatchUpNotifier(settings_for("sqlite://", REDIS_URL=private_redis.url), ["holdings", "findings"])
+    notifier.RETRY_SECONDS = 0.1
+    private_redis.stop()
+    notifier()
+    assert wait_until(lambda: notifier.failures > 0, timeout=10)
+    private_redis.start()
+    jobs = Queue(QUEUE_NAME, connection=redis.Redis.from_url(private_redis.url))
+    assert wait_until(lambda: len(jobs.job_ids) == 2, timeout=10)
+    assert sorted(job_id.rsplit("-", 1)[0] for job_id in jobs.job_ids) == ["catch-up-findings", "catch-up-holdings"]
+    assert wait_until(lambda: notifier.failures == 0, timeout=10)
 
 
 def start_worker_group(env: dict, log_path, *command: str) -> subprocess.Popen:
