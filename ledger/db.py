@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
@@ -30,6 +33,10 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+    return _postgres_engine(url, pool_size)
+
+
+def _postgres_engine(url, pool_size: int, **options) -> Engine:
     # Plan every execution with its parameters: a cached generic plan made while a table
     # was small keeps choosing sequential scans long after the table has grown.
     # No JIT compilation: every statement here is short, and where sequential scans are
@@ -39,7 +46,7 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
     # No pre-ping: it costs a round trip per checkout. A connection found dead raises a
     # disconnect error, SQLAlchemy then replaces the whole pool, and the caller answers 503.
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                         connect_args={"options": "-c plan_cache_mode=force_custom_plan -c jit=off"})
+                         connect_args={"options": "-c plan_cache_mode=force_custom_plan -c jit=off"}, **options)
 
 
 # SQLSTATEs of a database that is up but cannot write: a read-only transaction, a standby.
@@ -60,11 +67,23 @@ def writer(engine: Engine) -> Engine:
 
 
 def reader(engine: Engine) -> Engine:
-    """The same engine for single-statement reads: on PostgreSQL in autocommit, which saves
-    the BEGIN and ROLLBACK round trips around every look-up."""
-    if engine.dialect.name == "postgresql":
-        return engine.execution_options(isolation_level="AUTOCOMMIT")
-    return engine
+    """An engine for single-statement reads. On PostgreSQL it has a pool of its own whose
+    connections stay in autocommit: no BEGIN and ROLLBACK round trips around a look-up, and
+    no switching a shared connection into autocommit and back at each checkout, which cost
+    70 µs of CPU a statement (236 against 168, the key check, measured). Made once per
+    engine, and disposed with it."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    with _READERS_LOCK:
+        reads = _READERS.get(engine)
+        if reads is None:
+            reads = _READERS[engine] = _postgres_engine(engine.url, engine.pool.size(), isolation_level="AUTOCOMMIT")
+            event.listen(engine, "engine_disposed", lambda _engine: reads.dispose())
+    return reads
+
+
+_READERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_READERS_LOCK = threading.Lock()
 
 
 def snapshot(engine: Engine) -> Engine:

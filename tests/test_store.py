@@ -312,6 +312,34 @@ def test_statements_kept_on_their_indexes_are_not_jit_compiled(postgres_url, clo
     assert "JIT" not in plan[0], plan[0].get("JIT")
 
 
+def test_reads_run_in_autocommit_from_a_pool_that_closing_the_ledger_closes(postgres_url, clock):
+    """Single-statement reads take connections kept in autocommit (no transaction opened
+    around a look-up), from a pool of their own: closing the ledger must close it too."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from ledger.db import reader
+    from ledger.services import Ledger
+    from tests.conftest import settings_for
+
+    watcher = create_engine(postgres_url, poolclass=NullPool)
+
+    def backends() -> list[str]:
+        with watcher.connect() as conn:
+            return list(conn.execute(text("SELECT state FROM pg_stat_activity WHERE datname = current_database() "
+                                          "AND pid <> pg_backend_pid()")).scalars())
+
+    opened = Ledger.open(settings_for(postgres_url), clock=clock)
+    _party, key = opened.parties.register("maker-co", "Maker", "CN", "partner")
+    opened.parties.authenticate(key.api_key)
+    with reader(opened.engine).connect() as conn:
+        assert conn.connection.driver_connection.autocommit
+    assert backends() and "idle in transaction" not in backends()
+    opened.close()
+    assert backends() == []
+    watcher.dispose()
+
+
 # --- several writers on one database (two server processes) --------------------------------
 
 
