@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -180,6 +183,26 @@ def test_directory_health_and_openapi(live_server, keys):
     assert {"/v1/events", "/v1/events/{event_id}", "/v1/parties"} <= set(spec["paths"])
     assert "DataBatchRegistered" in spec["components"]["schemas"]
     assert live_server.request("GET", "/docs").status_code == 200
+
+
+def test_a_keep_alive_connection_is_closed_after_a_second_and_the_client_goes_on(live_server, keys):
+    """So that clients' long-lived connections spread over the worker processes again and
+    again, an answer after a connection's first second says `Connection: close`."""
+    address = urlsplit(live_server.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+
+    def get() -> http.client.HTTPResponse:
+        connection.request("GET", "/v1/parties/" + keys["maker_id"], headers={"Authorization": f"Bearer {keys['maker']}"})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        return response
+
+    assert get().getheader("Connection") == "keep-alive"
+    time.sleep(1.1)
+    assert get().getheader("Connection") == "close"
+    assert get().getheader("Connection") == "keep-alive"
+    connection.close()
 
 
 def test_readyz_checks_the_database_and_reports_projection_lag(live_server):
