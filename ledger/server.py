@@ -42,10 +42,10 @@ class RebalancingWorker(ThreadWorker):
 
     def handle_request(self, req, conn):
         now = time.monotonic()
-        opened = getattr(conn, "serving_since", None)
-        if opened is None:
+        since = getattr(conn, "serving_since", None)
+        if since is None:
             conn.serving_since = now
-        elif now - opened >= self.CONNECTION_SECONDS:
+        elif now - since >= self.CONNECTION_SECONDS:
             req.force_close()
         return super().handle_request(req, conn)
 
