@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Executable, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ledger import fastjson
+from ledger import fastjson, merkle
 from ledger.schema import log_head, metadata
 
 CHUNK = 900
@@ -58,6 +58,9 @@ class WriteConflict(Exception):
 class SqlRecorder:
     def __init__(self, conn: Connection):
         self.conn = conn
+        self.right_edge: tuple[int, list[tuple]] | None = None
+        """The head and the Merkle tree's right-edge rows `lock_and_select` fetched with the
+        lock, where it does (PostgreSQL)."""
 
     def lock_and_select(self, lookups: Sequence[Lookup]) -> tuple[int, list[list[dict]]]:
         """Take the log's lock (held until commit), then run the look-ups; returns the
@@ -135,11 +138,17 @@ class PostgresRecorder(SqlRecorder):
         self.raw = conn.connection.driver_connection
 
     def lock_and_select(self, lookups: Sequence[Lookup]) -> tuple[int, list[list[dict]]]:
+        """Also fetches the Merkle tree's right edge at the head, in the same round trip: a
+        writer that takes the lock has usually found the head moved by another process, and
+        then needs it (`right_edge`)."""
         with self.pipelined():
             lock = self.raw.cursor()
             lock.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE")
+            edge = self.raw.cursor()
+            edge.execute(merkle.RIGHT_EDGE_POSTGRES)
             found = self._queue_select(lookups)
             head = lock.fetchone()[0]
+            self.right_edge = (head, edge.fetchall())
             return head, found()
 
     def lock_without_waiting(self) -> None:
@@ -186,6 +195,13 @@ class PostgresRecorder(SqlRecorder):
         compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
         with _translated(), self.raw.cursor() as cursor:
             cursor.execute(str(compiled), compiled.params)
+            return cursor.fetchall()
+
+    def driver_rows(self, sql: str, params: dict | Sequence) -> list[tuple]:
+        """Rows of SQL written for psycopg, on the driver's cursor (inside a pipeline too):
+        nothing to compile, and psycopg prepares a statement it sees again."""
+        with _translated(), self.raw.cursor() as cursor:
+            cursor.execute(sql, params)
             return cursor.fetchall()
 
     def select_generation(self, table: str, generation: int, column: str, keys: Iterable) -> list[dict]:

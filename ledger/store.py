@@ -290,7 +290,7 @@ class EventStore:
         if not self.keep_tree:
             return None
         if self._tree is None or self._tree.size != head:
-            self._tree = merkle.compact_range(merkle.nodes_via(recorder.rows), head)
+            self._tree = merkle.right_edge(recorder, head)
         return self._tree.copy()
 
     def _settle(self, decided: list[tuple[_Post, AppendResult | LedgerError]], position: int) -> None:

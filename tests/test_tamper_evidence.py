@@ -163,6 +163,27 @@ def test_two_processes_appending_in_turn_keep_one_tree(database_url, clock):
     second.close()
 
 
+def test_the_right_edge_sent_with_the_lock_is_the_stored_trees_at_every_size(postgres_url, clock):
+    """On PostgreSQL a writer that takes the log's lock gets the tree's right edge in the
+    same round trip, computed in SQL from the head; it must be the edge the stored nodes
+    give, whatever the size's peaks."""
+    from ledger.recorders import recorder_for
+
+    ledger = Ledger.open(settings_for(postgres_url), clock=clock)
+    cast = parties(ledger)
+    for size in [1, 1, 2, 1, 3, 8, 1, 5, 16, 1, 7, 2, 33, 1]:
+        post_in_groups(ledger, cast["maker"], [size])
+        with ledger.engine.connect() as conn:
+            recorder = recorder_for(conn)
+            with recorder.transaction():
+                head, _found = recorder.lock_and_select([])
+                assert recorder.right_edge[0] == head
+                sent = merkle.right_edge(recorder, head)
+            stored = merkle.compact_range(merkle.nodes_on(conn), head)
+        assert (sent.size, sent.peaks) == (stored.size, stored.peaks) and len(sent.peaks) == head.bit_count()
+    ledger.close()
+
+
 def test_the_migration_builds_the_tree_of_a_log_recorded_before_it(tmp_path, clock):
     engine = make_engine(f"sqlite:///{tmp_path}/old.db")
     upgrade(engine, "0003")
