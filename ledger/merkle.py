@@ -199,7 +199,7 @@ def nodes_via(rows: Callable[[Executable], Sequence[tuple]]) -> NodeRows:
 def right_edge(recorder, size: int) -> CompactRange:
     """The stored tree's right edge at `size`, on the append path: from the rows that came
     with the log's lock when they are of that size (PostgreSQL), else by a query of its own."""
-    fetched = recorder.right_edge
+    fetched = recorder.edge_at_lock
     if fetched is not None and fetched[0] == size:
         return compact_range(lambda _leaves, _inner: fetched[1], size)
     return compact_range(nodes_in(recorder), size)

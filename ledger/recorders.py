@@ -58,7 +58,7 @@ class WriteConflict(Exception):
 class SqlRecorder:
     def __init__(self, conn: Connection):
         self.conn = conn
-        self.right_edge: tuple[int, list[tuple]] | None = None
+        self.edge_at_lock: tuple[int, list[tuple]] | None = None
         """The head and the Merkle tree's right-edge rows `lock_and_select` fetched with the
         lock, where it does (PostgreSQL)."""
 
@@ -140,7 +140,7 @@ class PostgresRecorder(SqlRecorder):
     def lock_and_select(self, lookups: Sequence[Lookup]) -> tuple[int, list[list[dict]]]:
         """Also fetches the Merkle tree's right edge at the head, in the same round trip: a
         writer that takes the lock has usually found the head moved by another process, and
-        then needs it (`right_edge`)."""
+        then needs it (`edge_at_lock`)."""
         with self.pipelined():
             lock = self.raw.cursor()
             lock.execute("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE")
@@ -148,7 +148,7 @@ class PostgresRecorder(SqlRecorder):
             edge.execute(merkle.RIGHT_EDGE_POSTGRES)
             found = self._queue_select(lookups)
             head = lock.fetchone()[0]
-            self.right_edge = (head, edge.fetchall())
+            self.edge_at_lock = (head, edge.fetchall())
             return head, found()
 
     def lock_without_waiting(self) -> None:
@@ -193,9 +193,7 @@ class PostgresRecorder(SqlRecorder):
     def rows(self, query: Executable) -> list[tuple]:
         """On the driver's cursor, which works inside a pipeline (SQLAlchemy's result does not)."""
         compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
-        with _translated(), self.raw.cursor() as cursor:
-            cursor.execute(str(compiled), compiled.params)
-            return cursor.fetchall()
+        return self.driver_rows(str(compiled), compiled.params)
 
     def driver_rows(self, sql: str, params: dict | Sequence) -> list[tuple]:
         """Rows of SQL written for psycopg, on the driver's cursor (inside a pipeline too):

@@ -177,7 +177,7 @@ def test_the_right_edge_sent_with_the_lock_is_the_stored_trees_at_every_size(pos
             recorder = recorder_for(conn)
             with recorder.transaction():
                 head, _found = recorder.lock_and_select([])
-                assert recorder.right_edge[0] == head
+                assert recorder.edge_at_lock[0] == head
                 sent = merkle.right_edge(recorder, head)
             stored = merkle.compact_range(merkle.nodes_on(conn), head)
         assert (sent.size, sent.peaks) == (stored.size, stored.peaks) and len(sent.peaks) == head.bit_count()
