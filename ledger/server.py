@@ -36,7 +36,8 @@ class RebalancingWorker(ThreadWorker):
     process, bound by its interpreter lock while the other idles (one-event posts from 8
     clients: 45.7 CPU-seconds on one worker, 10.2 on the other). The client opens a closed
     connection again, and whichever process is quicker to accept it, the less busy one,
-    takes it."""
+    takes it. Written against gunicorn 27's `ThreadWorker.handle_request` and
+    `Request.force_close` (the dependency is held to that release)."""
 
     CONNECTION_SECONDS = 1.0
 
