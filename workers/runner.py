@@ -126,12 +126,11 @@ class CatchUpNotifier:
 
     def _start(self) -> None:
         """Started on first use, in the process that appends: a thread started before a
-        server forks its workers would not exist in them."""
+        server forks its workers would not exist in them. (The Redis client itself opens
+        new connections in a forked process.)"""
         with self._starting:
             if self._pid == os.getpid() and self._thread.is_alive():
                 return
-            if self._pid != os.getpid():
-                self.connection = connect(self.settings)
             self._thread = threading.Thread(target=self._run, name="catch-up-notifier", daemon=True)
             self._pid = os.getpid()
             self._thread.start()
