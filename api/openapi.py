@@ -6,7 +6,7 @@ The statuses that follow from cross-cutting code are added here from that code, 
 cannot drift from it: 401 and 503 on every operation behind `requires` (authenticating reads
 the database), 403 where `requires` names roles, 404 on every operation with a path
 parameter, 413 on every operation with a request body, 429 on every /v1 operation (the
-per-key rate limit) and 414 on every operation (gunicorn's limit on the request line).
+per-key rate limit) and 414 on every operation (the HTTP server's limit on the request target).
 `@blp.arguments` documents its own 422. Anything else a route can answer is documented on
 the route, with `@blp.alt_response(status, response=ERROR[status])`.
 """
@@ -41,9 +41,8 @@ ERROR_RESPONSES = {
     409: _problem("Conflicts with the log: the id exists, the event_id was used for other content, or the stream "
                   "is not at `expected_version`."),
     413: _problem("The body is over the size limit, or holds more events than a post may."),
-    414: {"description": "The request line (method, path and query) is longer than the HTTP server accepts "
-                         "(4094 bytes); the server itself answers, in HTML.",
-          "content": {"text/html": {"schema": {"type": "string"}}}},
+    414: {"description": "The request target (path and query) is longer than the HTTP server accepts "
+                         "(65,534 bytes); the server itself answers, with an empty body."},
     422: _problem("Invalid parameters or body; `errors` names each bad field."),
     429: _problem("The API key has used its request budget.", {"Retry-After": RETRY_AFTER}),
     503: _problem("The database or the job queue cannot take the request now (a post retried with the same "

@@ -32,7 +32,7 @@ def main() -> None:
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Threads per worker; concurrent posts in one worker share a commit.")
 def serve(host: str, port: int, workers: int, threads: int) -> None:
-    """Run the HTTP API under gunicorn, after applying pending migrations."""
+    """Run the HTTP API under granian, after applying pending migrations."""
     from ledger.checkpoints import Signer
     from ledger.db import make_engine, upgrade
     from ledger.server import run

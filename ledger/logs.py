@@ -21,9 +21,9 @@ class RequestIdFilter(logging.Filter):
 
 
 def config(log_format: str, level: str = "INFO") -> dict:
-    """A `logging.config.dictConfig` for this process; gunicorn takes it as its
-    `logconfig_dict`, so its own lines come out in the same form. Its access log is left
-    out: the API writes one line per request itself, with the request id and the caller."""
+    """A `logging.config.dictConfig` for this process; the HTTP server (granian) takes it
+    too, so its own lines come out in the same form. Its access log is left out: the API
+    writes one line per request itself, with the request id and the caller."""
     if log_format == "json":
         formatter = {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": JSON_FIELDS, "timestamp": "time",
                      "rename_fields": {"levelname": "level", "name": "logger"}}
@@ -38,8 +38,8 @@ def config(log_format: str, level: str = "INFO") -> dict:
                                 "formatter": "ledger", "filters": ["request_id"]}},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
-            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            "_granian": {"level": "INFO", "handlers": [], "propagate": True},
+            "granian.access": {"level": "WARNING", "handlers": [], "propagate": False},
         },
     }
 

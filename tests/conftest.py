@@ -166,7 +166,7 @@ def magledger(*args: str, env: dict, check: bool = True, timeout: float = 60) ->
 
 class LiveServer:
     IDLE_SECONDS = 2.0
-    """Below the server's keep-alive (5 s): a pooled connection idle for longer is not reused.
+    """Well below the server's idle timeout (30 s): a pooled connection idle for longer is not reused.
     Reusing one at the moment the server closes it is a race that HTTP allows (the request is
     reset unanswered); a test waiting on CLI subprocesses between two requests hit it."""
 

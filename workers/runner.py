@@ -3,8 +3,8 @@ notifier that asks for projection catch-ups after appends."""
 
 from __future__ import annotations
 
-import atexit
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
@@ -117,7 +117,9 @@ class CatchUpNotifier:
         self._starting = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
-        atexit.register(self.flush)
+        # At exit, in the main process (atexit) and in a server's worker process, which
+        # multiprocessing ends without running atexit handlers.
+        multiprocessing.util.Finalize(None, self.flush, exitpriority=10)
 
     def __call__(self) -> None:
         self._wanted.set()
