@@ -35,9 +35,13 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     """Run the HTTP API under granian, after applying pending migrations."""
     from ledger.checkpoints import Signer
     from ledger.db import make_engine, upgrade
-    from ledger.server import run
+    from ledger.server import PortInUse, refuse_a_port_in_use, run
 
     settings = _settings()
+    try:
+        refuse_a_port_in_use(host, port)
+    except PortInUse as error:
+        raise click.ClickException(error.strerror) from None
     engine = make_engine(settings.database_url)
     upgrade(engine)
     engine.dispose()

@@ -8,6 +8,7 @@ posts 1.29-1.30 ms against 1.58-1.63 (measured on 2026-12-04, 8 clients, two wor
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -65,6 +66,23 @@ def wsgi_app():
     from api import create_app
 
     return ConnectionRotation(create_app(settings=Settings.from_env()))
+
+
+class PortInUse(OSError):
+    pass
+
+
+def refuse_a_port_in_use(host: str, port: int) -> None:
+    """granian's workers listen with SO_REUSEPORT, with which a second server started on a
+    port already served would listen beside the first, without a word, and take part of its
+    connections. A plain bind fails while anything listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise PortInUse(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 def run(settings: Settings, host: str, port: int, workers: int, threads: int) -> None:

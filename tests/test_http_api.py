@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from ledger.server import ConnectionRotation
-from tests.conftest import assert_problem
+from tests.conftest import assert_problem, magledger
 from tests.helpers import declared, event, received, registered, shipped, unique
 from tests.jcs import canonicalize
 
@@ -204,6 +204,16 @@ def test_a_worker_closes_a_keep_alive_connection_every_quarter_second_and_the_cl
     workers, intervals = 2, 1.5 / ConnectionRotation.ROTATE_SECONDS
     assert 2 <= closes <= workers * (intervals + 1)
     assert answers > 3 * closes
+
+
+def test_a_second_server_on_a_port_already_served_refuses_to_start(live_server):
+    """granian listens with SO_REUSEPORT, beside which a second server would otherwise start
+    silently and take part of the first one's connections."""
+    port = str(urlsplit(live_server.url).port)
+    started = magledger("serve", "--port", port, env=live_server.env, check=False, timeout=30)
+    assert started.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in started.stderr
+    assert live_server.request("GET", "/healthz").status_code == 200
 
 
 def test_readyz_checks_the_database_and_reports_projection_lag(live_server):
