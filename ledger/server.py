@@ -24,40 +24,48 @@ GRACEFUL_SECONDS = 30
 
 
 class ConnectionRotation:
-    """WSGI middleware: every `ROTATE_SECONDS`, one answer of this process says
-    `Connection: close`, and its client opens a new connection, which whichever worker
-    process is quicker to accept, the less busy one, takes. A keep-alive connection stays
-    with the process that accepted it, so a few clients' long-lived connections could all end
-    up on one process, bound by its interpreter lock while the other idles (one-event posts
-    from 8 clients once split 45.7 CPU-seconds against 10.2 between two workers). With four
-    connections on a process, each is closed about once a second; reconnecting on loopback
-    costs far less than a request."""
+    """WSGI middleware that now and then answers with `Connection: close`, so that the
+    client opens a new connection, which the kernel hands to one of the worker processes
+    (each listens on the port itself). A keep-alive connection stays with the process that
+    accepted it, so a few clients' long-lived connections could all end up on one process,
+    bound by its interpreter lock while the other idles (one-event posts from 8 clients once
+    split 45.7 CPU-seconds against 10.2 between two workers).
 
-    ROTATE_SECONDS = 0.25
+    A process closes one connection every `CONNECTION_SECONDS` divided by the requests it
+    has in flight. Clients that wait for each answer have one request in flight per
+    connection, so a process closes connections in proportion to those it holds, and one
+    holding more than its share loses them faster than the kernel's draw gives them back:
+    the split evens out (the kernel itself does not know which process is busy). Each
+    connection lasts about `CONNECTION_SECONDS`; reconnecting on loopback costs far less
+    than a request."""
 
-    def __init__(self, app):
+    CONNECTION_SECONDS = 0.5
+
+    def __init__(self, app, clock=time.monotonic):
         self.app = app
+        self.clock = clock
         self._lock = threading.Lock()
-        self._next_close = time.monotonic() + self.ROTATE_SECONDS
+        self._in_flight = 0
+        self._last_close = clock()
 
     def __call__(self, environ, start_response):
-        if not self._closes_this_one():
-            return self.app(environ, start_response)
-
-        def closing(status, headers, exc_info=None):
-            return start_response(status, [*headers, ("Connection", "close")], exc_info)
-
-        return self.app(environ, closing)
-
-    def _closes_this_one(self) -> bool:
-        now = time.monotonic()
-        if now < self._next_close:
-            return False
         with self._lock:
-            if now < self._next_close:
-                return False
-            self._next_close = now + self.ROTATE_SECONDS
-            return True
+            self._in_flight += 1
+            now = self.clock()
+            close = now - self._last_close >= self.CONNECTION_SECONDS / self._in_flight
+            if close:
+                self._last_close = now
+        try:
+            if not close:
+                return self.app(environ, start_response)
+
+            def closing(status, headers, exc_info=None):
+                return start_response(status, [*headers, ("Connection", "close")], exc_info)
+
+            return self.app(environ, closing)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
 
 def wsgi_app():
