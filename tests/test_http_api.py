@@ -137,6 +137,23 @@ def test_413_for_large_bodies_and_too_many_events(live_server, keys):
     assert_problem(live_server.request("POST", "/v1/events", keys["maker"], json=many), 413)
 
 
+def test_413_for_a_body_sent_in_chunks_past_the_limit(live_server, keys):
+    """Without a Content-Length the limit can only be found by reading; a body cut at the
+    limit must not be judged as if it were the whole (a 422 for malformed JSON)."""
+    def chunks(body: bytes):
+        for start in range(0, len(body), 65536):
+            yield body[start:start + 65536]
+
+    huge = (json.dumps(registered(unique())) + " " * (1024 * 1024)).encode()
+    for path, key in (("/v1/events", keys["maker"]), ("/v1/parties", keys["admin"])):
+        answer = live_server.request("POST", path, key, data=chunks(huge), headers={"Content-Type": "application/json"})
+        assert_problem(answer, 413)
+    fits = json.dumps(registered(unique())).encode()
+    answer = live_server.request("POST", "/v1/events", keys["maker"], data=chunks(fits),
+                                 headers={"Content-Type": "application/json"})
+    assert answer.status_code == 201, answer.text
+
+
 def test_partners_see_only_their_batches_in_the_feed_and_by_id(live_server, keys):
     mine, theirs, ref = unique(), unique(), unique("S")
     live_server.request("POST", "/v1/events", keys["maker"], json={"events": [

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import flask_smorest
-from flask import current_app
+from flask import current_app, request
 from webargs import core
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ledger.errors import Invalid, Unavailable
 from ledger.events import loads
@@ -16,13 +17,26 @@ class _Parser(FlaskParser):
     """Malformed JSON is a 422 problem, as on POST /v1/events (SPEC 3.3), not webargs' 400."""
 
     def load_json(self, req, schema):
-        body = req.get_data(cache=True)
+        body = request_body(cache=True)
         if not req.is_json or not body:
             return core.missing
         try:
             return loads(body)
         except ValueError as error:
             raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
+
+
+def request_body(cache: bool = False) -> bytes:
+    """The request's body. werkzeug refuses a declared length over MAX_CONTENT_LENGTH (413)
+    but cuts a body sent in chunks (no Content-Length) at the limit without a word, and the
+    cut body would then be judged as malformed JSON (422); one that goes on past the limit is
+    refused here as too large."""
+    body = request.get_data(cache=cache)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if (request.content_length is None and limit is not None and len(body) >= limit
+            and request.environ["wsgi.input"].read(1)):
+        raise RequestEntityTooLarge()
+    return body
 
 
 class Blueprint(flask_smorest.Blueprint):

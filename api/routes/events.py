@@ -1,12 +1,12 @@
 import logging
 
-from flask import Response, current_app, request
+from flask import Response, current_app
 from sqlalchemy.exc import DBAPIError
 
 from api.auth import READERS, current_party, requires
 from api.metrics import APPENDS
 from api.openapi import ERROR
-from api.routes import Blueprint
+from api.routes import Blueprint, request_body
 from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
 from ledger import fastjson
 from ledger.db import unavailable
@@ -48,7 +48,7 @@ def post_events():
     """Append one event or an atomic batch; replaying an event answers its original receipt."""
     ledger = _ledger()
     try:
-        body = loads(request.get_data(cache=False))
+        body = loads(request_body())
     except ValueError as error:
         raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
     new_events, is_batch = parse_post(body, ledger.store.clock(), ledger.settings.max_events_per_post)
