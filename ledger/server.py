@@ -77,7 +77,7 @@ def wsgi_app():
 
 
 class PortInUse(OSError):
-    pass
+    """Something already listens on the address `magledger serve` was asked to use."""
 
 
 def refuse_a_port_in_use(host: str, port: int) -> None:

@@ -1,5 +1,5 @@
-"""What the route modules share: flask-smorest's Blueprint with one difference, and the
-`min_position` wait."""
+"""What the route modules share: flask-smorest's Blueprint with one difference, reading a
+JSON body (its size limit and malformed JSON as problems), and the `min_position` wait."""
 
 from __future__ import annotations
 
@@ -20,10 +20,15 @@ class _Parser(FlaskParser):
         body = request_body(cache=True)
         if not req.is_json or not body:
             return core.missing
-        try:
-            return loads(body)
-        except ValueError as error:
-            raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
+        return parse_json(body)
+
+
+def parse_json(body: bytes):
+    """A body as JSON with exact decimals; malformed JSON is a 422 problem naming `_schema`."""
+    try:
+        return loads(body)
+    except ValueError as error:
+        raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
 
 
 def request_body(cache: bool = False) -> bytes:

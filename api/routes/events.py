@@ -6,12 +6,12 @@ from sqlalchemy.exc import DBAPIError
 from api.auth import READERS, current_party, requires
 from api.metrics import APPENDS
 from api.openapi import ERROR
-from api.routes import Blueprint, request_body
+from api.routes import Blueprint, parse_json, request_body
 from api.schemas import EventPage, FeedArgs, Receipts, RecordedEvent
 from ledger import fastjson
 from ledger.db import unavailable
-from ledger.errors import Invalid, NotFound
-from ledger.events import loads, parse_post
+from ledger.errors import NotFound
+from ledger.events import parse_post
 
 log = logging.getLogger("magledger.api")
 
@@ -47,10 +47,7 @@ def _ledger():
 def post_events():
     """Append one event or an atomic batch; replaying an event answers its original receipt."""
     ledger = _ledger()
-    try:
-        body = loads(request_body())
-    except ValueError as error:
-        raise Invalid(f"The body is not valid JSON: {error}", {"_schema": ["malformed JSON"]}) from None
+    body = parse_json(request_body())
     new_events, is_batch = parse_post(body, ledger.store.clock(), ledger.settings.max_events_per_post)
     with APPENDS.time():
         result = ledger.store.append(current_party(), new_events, is_batch)
