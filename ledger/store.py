@@ -16,11 +16,12 @@ find no commit in progress becomes the leader, takes every queued post, decides 
 in memory against `CustodyState` (a rejected post is undone from the state and answered
 with its error; the others are not affected), writes the survivors, and commits once.
 
-On PostgreSQL the events are sent in parts of `PART_EVENTS` as they are decided (psycopg's
-pipeline mode does not wait for each part's answer), so the server inserts one part while
-the leader decides the next: a large group costs about the larger of the two, not their sum.
-A post rejected after some of its rows were sent cannot be taken back alone, so the group
-is then rolled back and decided again with nothing sent before the end.
+On PostgreSQL a group of more than `PART_EVENTS` events is sent in parts of that size as
+they are decided (psycopg's pipeline mode does not wait for each part's answer), so the
+server inserts one part while the leader decides the next: a large group costs about the
+larger of the two, not their sum. A post rejected after some of its rows were sent cannot
+be taken back alone, so the group is then rolled back and decided again with nothing sent
+before the end. A smaller group is sent whole, with its COMMIT, in one simple query.
 """
 
 from __future__ import annotations
@@ -153,11 +154,15 @@ class EventStore:
     def _connection(self) -> Connection:
         """The leader's connection, kept between groups (only one leader runs at a time)."""
         if self._conn is None:
-            conn = self._writer.connect()
+            # Kept before it is set up, so that a connection found dead here is discarded
+            # like one found dead later.
+            self._conn = conn = self._writer.connect()
+            if self._sends_parts:
+                # The recorder sends BEGIN and COMMIT itself, with the statements between.
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             recorder_for(conn).prefer_index_lookups(session=True)
             if conn.in_transaction():
                 conn.commit()
-            self._conn = conn
         return self._conn
 
     def _drop_connection(self, broken: bool = False) -> None:
@@ -169,7 +174,13 @@ class EventStore:
             return
         try:
             if broken:
+                lost = not conn.invalidated and getattr(conn.connection.driver_connection, "broken", False)
                 conn.invalidate()
+                if lost:
+                    # Sessions are cut together (a restart, a failover, an operator): the
+                    # pool's other connections are replaced too, as SQLAlchemy does when
+                    # it meets a lost connection itself.
+                    self.engine.dispose(close=False)
             conn.close()
         except DBAPIError:
             pass
@@ -181,14 +192,15 @@ class EventStore:
                     self._commit_unlocked(group)
                 else:
                     self._contended = max(self._contended - 1, 0)
-                    self._commit_locked(group, optimistic=True, send_parts=self._sends_parts)
+                    self._commit_locked(group, optimistic=True, send_parts=self._sends_parts_of(group))
             except WriteConflict as conflict:
                 rejected = isinstance(conflict, _Recheck)
                 if not rejected:
                     self._contended = CONTENDED_GROUPS
                     self._drop_connection()
                 try:
-                    self._commit_locked(group, optimistic=False, send_parts=self._sends_parts and not rejected)
+                    self._commit_locked(group, optimistic=False,
+                                        send_parts=self._sends_parts_of(group) and not rejected)
                 except _Recheck:
                     self._commit_locked(group, optimistic=False, send_parts=False)
         except LedgerError as error:
@@ -205,6 +217,10 @@ class EventStore:
             self._finish(group, error)
             raise
 
+    def _sends_parts_of(self, group: list[_Post]) -> bool:
+        """Whether a group is large enough to send in parts while it is decided."""
+        return self._sends_parts and sum(len(post.events) for post in group) > PART_EVENTS
+
     def close(self) -> None:
         with self._cond:
             self._drop_connection()
@@ -220,7 +236,7 @@ class EventStore:
         recorder = recorder_for(self._connection())
         state.begin(recorder)
         try:
-            with recorder.transaction():
+            with recorder.transaction(streamed=send_parts):
                 head = state.lock_and_prefetch([(post.actor, post.events) for post in group], optimistic)
                 decided, position = self._decide_and_write(group, state, recorder, head, optimistic, send_parts)
         except BaseException:
@@ -243,11 +259,12 @@ class EventStore:
         recorder = recorder_for(self._connection())
         state.begin(recorder)
         try:
-            with recorder.transaction():
+            send_parts = self._sends_parts_of(group)
+            with recorder.transaction(streamed=send_parts):
                 recorder.lock_without_waiting()
                 head = state.prefetch([(post.actor, post.events) for post in group])
                 decided, position = self._decide_and_write(group, state, recorder, head, optimistic=True,
-                                                           send_parts=True)
+                                                           send_parts=send_parts)
         except BaseException:
             state.reset()
             raise

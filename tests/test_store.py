@@ -344,6 +344,27 @@ def test_reads_run_in_autocommit_from_a_pool_that_closing_the_ledger_closes(post
     watcher.dispose()
 
 
+def test_the_append_connection_goes_back_to_the_pool_out_of_autocommit(postgres_url, clock):
+    """On PostgreSQL the append path runs on a connection in the driver's autocommit mode (it
+    sends BEGIN and COMMIT with its statements). A connection it gives back must not take
+    that mode to the next user of the pool, whose transaction would then commit statement by
+    statement."""
+    from ledger.services import Ledger
+    from tests.conftest import settings_for
+
+    opened = Ledger.open(settings_for(postgres_url), clock=clock)
+    try:
+        post(opened, parties(opened)["maker"], registered(unique()))
+        opened.store.close()
+        held = [opened.engine.connect() for _ in range(opened.engine.pool.size())]
+        modes = [conn.connection.driver_connection.autocommit for conn in held]
+        for conn in held:
+            conn.close()
+        assert modes and not any(modes)
+    finally:
+        opened.close()
+
+
 # --- several writers on one database (two server processes) --------------------------------
 
 
