@@ -3,6 +3,7 @@ normal form that accepted events are stored in."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -149,6 +150,16 @@ def test_lone_surrogates_are_rejected():
     raw = registered("B-1")
     raw["data"]["material"] = "bad \ud800 text"
     assert "data.material" in errors_of(raw)
+
+
+def test_nul_characters_are_rejected_and_the_text_of_an_escaped_nul_is_kept():
+    raw = registered("B-1")
+    raw["data"]["material"] = "NdFeB\x00N52"
+    assert errors_of(raw) == {"data.material": ["must be valid Unicode text without NUL characters"]}
+    raw["data"]["material"] = "NdFeB \\u0000 N52"  # a backslash and five characters, no NUL
+    parsed = parse_event(raw, NOW)
+    assert parsed.data["material"] == "NdFeB \\u0000 N52"
+    assert json.loads(parsed.data_json)["material"] == "NdFeB \\u0000 N52"
 
 
 def test_batch_posts_name_fields_by_index_and_are_bounded():
