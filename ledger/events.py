@@ -20,7 +20,8 @@ from typing import Any
 
 import iso3166
 import orjson
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate, validates_schema
+from marshmallow.decorators import POST_LOAD, PRE_LOAD, VALIDATES, VALIDATES_SCHEMA
 
 from ledger.errors import Invalid, TooLarge
 
@@ -365,6 +366,57 @@ class Envelope(_Strict):
 ENVELOPE = Envelope()
 
 
+def _passing_load(schema: Schema) -> Callable[[Any], dict | None]:
+    """`schema.load` for values that pass it: the same fields' own deserialization and
+    validators, without the framework around them, which was most of validating an event
+    (marshmallow builds an error store, a closure per field and an `And` of each field's
+    validators at every value). Returns None at the first doubt, and the caller then runs
+    `schema.load` itself, which names every error as before. A schema with hooks, or fields
+    whose options this does not follow, always goes to `schema.load`."""
+    plain = (schema.unknown == RAISE and not any(schema._hooks[tag] for tag in (PRE_LOAD, POST_LOAD, VALIDATES,
+                                                                               VALIDATES_SCHEMA)))
+    loaded = list(schema.load_fields.items())
+    for name, field in loaded:
+        plain = plain and (field.data_key is None and field.attribute is None and field.load_default is missing
+                           and not field.pre_load and not field.post_load and "." not in name)
+    if not plain:
+        return lambda raw: None
+    names = frozenset(name for name, _ in loaded)
+
+    def load(raw: Any) -> dict | None:
+        if not isinstance(raw, dict) or not names.issuperset(raw):
+            return None
+        result = {}
+        for name, field in loaded:
+            value = raw.get(name, missing)
+            if value is missing:
+                if field.required:
+                    return None
+                continue
+            if value is None:
+                if not field.allow_none:
+                    return None
+            else:
+                try:
+                    value = field._deserialize(value, name, raw)
+                    for validator in field.validators:
+                        validator(value)
+                except ValidationError:
+                    return None
+            result[name] = value
+        return result
+    return load
+
+
+_PASSING_LOADS = {schema: _passing_load(schema) for schema in (ENVELOPE, *DATA_SCHEMAS.values())}
+
+
+def load(schema: Schema, raw: Any) -> dict:
+    """`schema.load(raw)`, the quicker way when `raw` passes (`_passing_load`)."""
+    result = _PASSING_LOADS[schema](raw)
+    return result if result is not None else schema.load(raw)
+
+
 # --- the events themselves ---------------------------------------------------------------
 
 
@@ -466,7 +518,7 @@ def parse_event(raw: Any, now: datetime) -> NewEvent:
         raise Invalid("An event must be a JSON object.", {"_schema": ["must be a JSON object"]})
     errors: dict[str, list[str]] = {}
     try:
-        envelope = ENVELOPE.load(raw)
+        envelope = load(ENVELOPE, raw)
     except ValidationError as error:
         _flatten(error.messages, "", errors)
         envelope = None
@@ -474,7 +526,7 @@ def parse_event(raw: Any, now: datetime) -> NewEvent:
     data = None
     if data_schema is not None and isinstance(raw.get("data"), dict):
         try:
-            data = data_schema.load(raw["data"])
+            data = load(data_schema, raw["data"])
         except ValidationError as error:
             _flatten(error.messages, "data.", errors)
     if envelope is not None and data is not None:

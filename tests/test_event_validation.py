@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.errors import Invalid, TooLarge
 from ledger.events import EVENT_TYPES, format_time, loads, mass_to_mg, mg_to_mass, parse_event, parse_post
@@ -176,3 +178,60 @@ def test_batch_posts_name_fields_by_index_and_are_bounded():
 def test_humanitarian_must_be_a_real_boolean():
     raw = event("enduse.declared", "B-1", {**VALID_DATA["enduse.declared"], "humanitarian": "yes"})
     assert "data.humanitarian" in errors_of(raw)
+
+
+# --- the quick load agrees with marshmallow's ------------------------------------------------
+
+ODD_VALUES = [None, "", " ", 0, -1, 1.5, True, False, [], {}, "0", "-1", "1e3", "250.1234567", "x" * 201, "IN", "in",
+              "ZZ", "2026-10-02T08:00:00+08:00", "2026-10-02", "2026-13-02T08:00:00Z", "NaN", "B-1\n", "a\x00b",
+              "\ud800", "6f1c2e4a-3b7d-4c51-9a0e-2d8f9b7c1A10", 2**53, 2**60, ["IN"], ["IN", 1], {"Nd": "101"},
+              {"nd": "1"}, {"Nd": None}, "8505.11", "did_not_occur", "recycled", "pune-motors"]
+
+
+def _variant(draw, base: dict) -> dict:
+    changed = dict(base)
+    for key in draw(st.lists(st.sampled_from([*base, "extra"]), max_size=3)):
+        action = draw(st.sampled_from(["replace", "drop"]))
+        if action == "drop":
+            changed.pop(key, None)
+        else:
+            changed[key] = draw(st.sampled_from(ODD_VALUES))
+    return changed
+
+
+@st.composite
+def envelopes_and_data(draw):
+    event_type = draw(st.sampled_from(EVENT_TYPES))
+    raw = event(event_type, "B-1", dict(VALID_DATA[event_type]))
+    return _variant(draw, raw), event_type, _variant(draw, VALID_DATA[event_type])
+
+
+@settings(max_examples=400, deadline=None)
+@given(envelopes_and_data())
+def test_the_quick_load_answers_as_marshmallow_does_or_leaves_it_to_marshmallow(sample):
+    """`events.load` takes a shortcut for values that pass: whatever the shortcut answers
+    must be what the schema's own load answers, and a value the schema refuses must never
+    pass it."""
+    from marshmallow import ValidationError
+
+    from ledger.events import _PASSING_LOADS, DATA_SCHEMAS, ENVELOPE
+
+    envelope, event_type, data = sample
+    for schema, raw in ((ENVELOPE, envelope), (DATA_SCHEMAS[event_type], data)):
+        try:
+            expected = schema.load(raw)
+        except ValidationError:
+            expected = None
+        quick = _PASSING_LOADS[schema](raw)
+        assert quick is None or quick == expected, (raw, quick, expected)
+
+
+@pytest.mark.parametrize("event_type", [t for t in EVENT_TYPES if t not in ("batch.split", "batch.transformed")])
+def test_the_quick_load_takes_valid_events_of_every_type_without_marshmallow(event_type):
+    """Split and transformation data have schema-level checks (distinct batches) and always
+    go through marshmallow; every other type, and the envelope, takes the quick way."""
+    from ledger.events import _PASSING_LOADS, DATA_SCHEMAS, ENVELOPE
+
+    raw = event(event_type, "B-1", dict(VALID_DATA[event_type]))
+    assert _PASSING_LOADS[ENVELOPE](raw) == ENVELOPE.load(raw)
+    assert _PASSING_LOADS[DATA_SCHEMAS[event_type]](raw["data"]) == DATA_SCHEMAS[event_type].load(raw["data"])
