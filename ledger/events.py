@@ -373,8 +373,9 @@ def _passing_load(schema: Schema) -> Callable[[Any], dict | None]:
     validators at every value). Returns None at the first doubt, and the caller then runs
     `schema.load` itself, which names every error as before. A schema with hooks, or fields
     whose options this does not follow, always goes to `schema.load`."""
-    plain = (schema.unknown == RAISE and not any(schema._hooks[tag] for tag in (PRE_LOAD, POST_LOAD, VALIDATES,
-                                                                               VALIDATES_SCHEMA)))
+    hooks = type(schema).resolve_hooks()
+    plain = schema.unknown == RAISE and not any(hooks.get(tag) for tag in (PRE_LOAD, POST_LOAD, VALIDATES,
+                                                                           VALIDATES_SCHEMA))
     loaded = list(schema.load_fields.items())
     for name, field in loaded:
         plain = plain and (field.data_key is None and field.attribute is None and field.load_default is missing

@@ -141,6 +141,7 @@ class PostgresRecorder(SqlRecorder):
         self._queued: list[str] | None = None
         """In a transaction that is not streamed: statements bound and waiting for the next
         round trip."""
+        self._binder: psycopg.ClientCursor | None = None
 
     def lock_and_select(self, lookups: Sequence[Lookup]) -> tuple[int, list[list[dict]]]:
         """Also fetches the Merkle tree's right edge at the head, in the same round trip: a
@@ -216,7 +217,8 @@ class PostgresRecorder(SqlRecorder):
 
     def driver_rows(self, sql: str, params: dict | Sequence) -> list[tuple]:
         """Rows of SQL written for psycopg, on the driver's cursor (inside a pipeline too):
-        nothing to compile, and psycopg prepares a statement it sees again."""
+        nothing to compile, and psycopg prepares a statement it sees again. In a small
+        group's transaction, bound and sent with the statements queued before it."""
         if self._queued is not None:
             return self._send(self._bind(sql, params))[0]
         with _translated(), self.raw.cursor() as cursor:
@@ -317,7 +319,9 @@ class PostgresRecorder(SqlRecorder):
 
     def _bind(self, sql: str, params: dict | Sequence) -> str:
         """SQL with its parameters written in as literals, for a simple query."""
-        return psycopg.ClientCursor(self.raw).mogrify(sql, params)
+        if self._binder is None:
+            self._binder = psycopg.ClientCursor(self.raw)
+        return self._binder.mogrify(sql, params)
 
     def _send(self, *last: str) -> list[list[tuple] | None]:
         """The queued statements and `last` in one round trip; the rows of each of `last`."""
