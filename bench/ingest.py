@@ -22,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -74,24 +75,71 @@ def store_per_call(ledger: Ledger, actor, events: list[NewEvent], size: int = 50
     return len(events) / (time.perf_counter() - started)
 
 
+class KeepAlive:
+    """One HTTP/1.1 keep-alive connection that sends a request whole and reads its answer to
+    the end by Content-Length (what the server sends), opening a new connection after an
+    answer that says `Connection: close`.
+
+    The load generator shares the machine's two cores with the server and PostgreSQL, so it
+    should take as little of them as it can: `http.client` took 313-368 µs of CPU a one-event
+    post, this 118-121 (measured against the same server)."""
+
+    def __init__(self, host: str, port: int):
+        self.address = (host, port)
+        self.sock: socket.socket | None = None
+        self.pending = b""
+
+    def exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=120)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.pending = b""
+        self.sock.sendall(request)
+        received = self.pending
+        while (end := received.find(b"\r\n\r\n")) < 0:
+            received += self._read()
+        status_line, *lines = received[:end].decode("latin-1").split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        if "transfer-encoding" in headers:
+            raise RuntimeError("answers sent in chunks are not read here")
+        total = end + 4 + int(headers.get("content-length", 0))
+        while len(received) < total:
+            received += self._read()
+        body, self.pending = received[end + 4:total], received[total:]
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split(" ", 2)[1]), body
+
+    def _read(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection inside an answer")
+        return chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 def http_clients(base_url: str, key: str, bodies: list[bytes], events_per_body: int, clients: int = 8,
                  method: str = "POST", path: str = "/v1/events", status: int = 201) -> float:
     """Items per second from `clients` keep-alive connections sending `bodies` between them."""
     parts = urlsplit(base_url)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    shares = [bodies[i::clients] for i in range(clients)]
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\n")
+    shares = [[(head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in bodies[i::clients]]
+              for i in range(clients)]
 
-    def client(share: list[bytes]):
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-        for body in share:
-            connection.request(method, path, body=body or None, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status != status:
-                raise RuntimeError(f"{method} {path} answered {response.status}")
+    def client(requests: list[bytes]):
+        connection = KeepAlive(parts.hostname, parts.port)
+        for request in requests:
+            answered, body = connection.exchange(request)
+            if answered != status:
+                raise RuntimeError(f"{method} {path} answered {answered}: {body[:300]!r}")
         connection.close()
 
-    elapsed = reference.run_concurrently([lambda share=share: client(share) for share in shares])
+    elapsed = reference.run_concurrently([lambda requests=requests: client(requests) for requests in shares])
     return len(bodies) * events_per_body / elapsed
 
 
