@@ -8,7 +8,7 @@ import weakref
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.sql import Select
@@ -106,12 +106,21 @@ def first_row(engine: Engine, statement: Select, params: dict) -> tuple | None:
             finally:
                 cursor.close()
         except engine.dialect.loaded_dbapi.Error as error:
-            lost = engine.dialect.is_disconnect(error, dbapi_connection, None)
-            if lost:
-                conn.invalidate(error)
-                engine.dispose(close=False)
+            lost = replace_if_lost(engine, conn, error)
             raise DBAPIError.instance(sql, args, error, engine.dialect.loaded_dbapi.Error,
                                       connection_invalidated=lost) from error
+
+
+def replace_if_lost(engine: Engine, conn: Connection, error: BaseException) -> bool:
+    """After a driver error on a connection used past SQLAlchemy's execution: when the error
+    says the server is gone, invalidate the connection and replace the pool's others too
+    (sessions are cut together: a restart, a failover, an operator), as SQLAlchemy does when
+    it meets a lost connection itself. Returns whether it was lost."""
+    lost = engine.dialect.is_disconnect(error, conn.connection.dbapi_connection, None)
+    if lost:
+        conn.invalidate(error)
+        engine.dispose(close=False)
+    return lost
 
 
 @functools.cache

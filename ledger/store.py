@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger import collector, custody, fastjson, merkle
 from ledger.custody import CustodyState, LoggedEvent
-from ledger.db import reader, unavailable, writer
+from ledger.db import reader, replace_if_lost, unavailable, writer
 from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
 from ledger.events import Clock, NewEvent, RecordedEvent, canonical_envelope, format_time, leaf_hash, utc_now
 from ledger.parties import Party
@@ -165,22 +165,16 @@ class EventStore:
                 conn.commit()
         return self._conn
 
-    def _drop_connection(self, broken: bool = False) -> None:
-        """Close the leader's connection; a `broken` one (after a database error, when the
-        server may be gone) is discarded without the pool's rollback, which would fail on a
-        lost connection and log it as an error."""
+    def _drop_connection(self, error: DBAPIError | None = None) -> None:
+        """Close the leader's connection. After a database `error` (the server may be gone)
+        it is discarded without the pool's rollback, which would fail on a lost connection and
+        log it as an error, and with the pool's other connections if the server is gone."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
-            if broken:
-                lost = not conn.invalidated and getattr(conn.connection.driver_connection, "broken", False)
+            if error is not None and not conn.invalidated and not replace_if_lost(self.engine, conn, error.orig):
                 conn.invalidate()
-                if lost:
-                    # Sessions are cut together (a restart, a failover, an operator): the
-                    # pool's other connections are replaced too, as SQLAlchemy does when
-                    # it meets a lost connection itself.
-                    self.engine.dispose(close=False)
             conn.close()
         except DBAPIError:
             pass
@@ -206,7 +200,7 @@ class EventStore:
         except LedgerError as error:
             self._finish(group, error)
         except DBAPIError as error:
-            self._drop_connection(broken=True)
+            self._drop_connection(error)
             if len(group) > 1:
                 for post in group:
                     self._commit_group([post])

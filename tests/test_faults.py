@@ -143,3 +143,34 @@ def test_a_read_only_database_answers_posts_with_503_and_reads_still_work(postgr
         admin.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
         admin.close()
         stop_server(server)
+
+
+def test_after_its_sessions_are_cut_the_store_answers_503_once_then_writes(postgres_url, clock):
+    """A lost connection on the append path replaces the write pool's other connections too:
+    they were cut with it, and each would otherwise cost a post its own 503."""
+    from ledger.errors import Unavailable
+    from ledger.services import Ledger
+    from tests.conftest import settings_for
+    from tests.helpers import parties, post
+
+    database = postgres_url.rsplit("/", 1)[1]
+    opened = Ledger.open(settings_for(postgres_url), clock=clock)
+    admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
+    try:
+        maker = parties(opened)["maker"]
+        post(opened, maker, registered(unique()))
+        held = [opened.engine.connect() for _ in range(3)]  # the pool keeps several connections
+        for conn in held:
+            conn.close()
+        _terminate_sessions(admin, database)
+        outcomes = []
+        for _ in range(3):
+            try:
+                post(opened, maker, registered(unique()))
+                outcomes.append("written")
+            except Unavailable:
+                outcomes.append("503")
+        assert outcomes == ["503", "written", "written"]
+    finally:
+        admin.close()
+        opened.close()
