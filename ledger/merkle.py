@@ -172,17 +172,10 @@ _NODES = text(
 ).bindparams(bindparam("leaves", expanding=True), bindparam("inner", expanding=True))
 _NODES_POSTGRES = ("SELECT (position - 1) * 2, leaf_hash FROM events WHERE position = ANY(%(leaves)s) "
                    "UNION ALL SELECT node, hash FROM merkle_nodes WHERE node = ANY(%(inner)s)")
-RIGHT_EDGE_POSTGRES = (
-    # The peaks of the tree of `log_head` leaves (`CompactRange.peak_nodes`), numbered as
-    # `in_order` numbers them: a peak at level 0 is the last leaf, one at level l > 0 is node
-    # (((n >> l) - 1) << (l + 1)) + (1 << l) - 1.
-    "SELECT (e.position - 1) * 2, e.leaf_hash FROM log_head h JOIN events e ON e.position = h.last_position "
-    "WHERE h.id = 1 AND h.last_position & 1 = 1 "
-    "UNION ALL SELECT m.node, m.hash FROM log_head h CROSS JOIN generate_series(1, 62) AS l(level) "
-    "JOIN merkle_nodes m ON m.node = (((h.last_position >> l.level) - 1) << (l.level + 1)) + (1::bigint << l.level) - 1 "
-    "WHERE h.id = 1 AND (h.last_position >> l.level) & 1 = 1"
-)
-"""The right edge of the tree at the log's head, in one statement: sent with the log's lock."""
+RIGHT_EDGE_POSTGRES = "SELECT node, hash FROM magledger_right_edge()"
+"""The right edge of the tree at the log's head, in one statement sent with the log's lock: the
+peaks of the tree (`CompactRange.peak_nodes`) as `in_order` numbers them, by a function
+(migration 0007) whose plan the session keeps."""
 
 
 def nodes_on(conn: Connection) -> NodeRows:
