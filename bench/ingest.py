@@ -188,6 +188,15 @@ def print_split(before: dict[int, float], after: dict[int, float]) -> None:
         print("    CPU seconds by server worker: " + ", ".join(f"{seconds:.1f}" for seconds in split), flush=True)
 
 
+def print_server_errors(log: Path) -> None:
+    """The server's error lines (with their tracebacks), so that a failed request leaves its
+    cause in the benchmark's own output, not only in a log the next run overwrites."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if '"level": "ERROR"' in line]
+    print(f"the server logged {len(lines)} error(s) in {log}" + (", the first:" if lines else ""), file=sys.stderr)
+    for line in lines[:3]:
+        print(line, file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -258,6 +267,9 @@ def main() -> None:
         record("GET /v1/parties/{id} (key check + one query), 8 clients",
                http_clients(base, key.api_key, [b""] * n, 1, method="GET", path="/v1/parties/bench-maker",
                             status=200))
+    except RuntimeError:
+        print_server_errors(workdir / "bench-server.log")
+        raise
     finally:
         process.terminate()
         process.wait(timeout=30)
