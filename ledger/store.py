@@ -168,12 +168,19 @@ class EventStore:
     def _drop_connection(self, error: DBAPIError | None = None) -> None:
         """Close the leader's connection. After a database `error` (the server may be gone)
         it is discarded without the pool's rollback, which would fail on a lost connection and
-        log it as an error, and with the pool's other connections if the server is gone."""
+        log it as an error, and with the pool's other connections if the server is gone. So is
+        a connection the driver already knows to be lost (the server went away between a
+        conflict and this drop, seen in the PostgreSQL restart test)."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
-            if error is not None and not conn.invalidated and not replace_if_lost(self.engine, conn, error.orig):
+            if conn.invalidated:
+                pass
+            elif error is not None:
+                if not replace_if_lost(self.engine, conn, error.orig):
+                    conn.invalidate()
+            elif getattr(conn.connection.driver_connection, "broken", False):
                 conn.invalidate()
             conn.close()
         except DBAPIError:
