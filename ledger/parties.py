@@ -67,6 +67,7 @@ class PartyRegistry:
         self.engine = engine
         self.reads = reader(engine)
         self.clock = clock
+        self._key_and_party = _KEY_AND_PARTY_POSTGRES if engine.dialect.name == "postgresql" else _KEY_AND_PARTY
 
     def register(self, party_id: str, name: str, country: str, role: str) -> tuple[Party, IssuedKey]:
         """Create a party and its first key, in one transaction."""
@@ -122,8 +123,7 @@ class PartyRegistry:
         if not match:
             raise Unauthenticated("The API key is not valid.")
         key_id, secret = match.groups()
-        statement = _KEY_AND_PARTY_POSTGRES if self.reads.dialect.name == "postgresql" else _KEY_AND_PARTY
-        row = first_row(self.reads, statement, {"key_id": key_id})
+        row = first_row(self.reads, self._key_and_party, {"key_id": key_id})
         expected = row[0] if row else _hash_secret("no such key")
         if not hmac.compare_digest(expected, _hash_secret(secret)) or row is None:
             raise Unauthenticated("The API key is not valid.")
