@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import Engine, bindparam, func, insert, literal_column, select, update
@@ -23,6 +24,8 @@ from ledger.schema import api_keys, parties
 
 ROLES = ("partner", "regulator", "auditor", "admin")
 KEY_PATTERN = re.compile(r"^mlk_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{43})$")
+MAX_VERIFIED_KEYS = 10_000
+"""Verified keys a process remembers (`PartyRegistry.identify`); past this, it starts again."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,14 @@ class Party:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A verified key's party, with the key id by which its revocation is checked."""
+
+    key_id: str
+    party: Party
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,9 @@ class PartyRegistry:
         self.reads = reader(engine)
         self.clock = clock
         self._key_and_party = _KEY_AND_PARTY_POSTGRES if engine.dialect.name == "postgresql" else _KEY_AND_PARTY
+        self._verified: dict[str, tuple[str, Party]] = {}
+        """key id -> (secret hash, party) of keys this process has found valid and not revoked.
+        Neither ever changes; only revocation does, which `identify`'s caller checks."""
 
     def register(self, party_id: str, name: str, country: str, role: str) -> tuple[Party, IssuedKey]:
         """Create a party and its first key, in one transaction."""
@@ -114,23 +128,42 @@ class PartyRegistry:
                     api_keys.c.key_id == key_id, api_keys.c.party_id == party_id)).first()
                 if exists is None:
                     raise NotFound(f"Party {party_id!r} has no key {key_id!r}.")
+        self.forget([key_id])
 
     def authenticate(self, api_key: str | None) -> Party:
         """The party a bearer key belongs to; Unauthenticated for no, unknown or revoked keys."""
-        if not api_key:
-            raise Unauthenticated("An API key is required: send Authorization: Bearer <key>.")
-        match = KEY_PATTERN.fullmatch(api_key)
-        if not match:
-            raise Unauthenticated("The API key is not valid.")
-        key_id, secret = match.groups()
+        key_id, secret = _parsed(api_key)
         row = first_row(self.reads, self._key_and_party, {"key_id": key_id})
         expected = row[0] if row else _hash_secret("no such key")
         if not hmac.compare_digest(expected, _hash_secret(secret)) or row is None:
             raise Unauthenticated("The API key is not valid.")
-        _secret_hash, revoked_at, party_id, name, country, role = row
+        secret_hash, revoked_at, party_id, name, country, role = row
         if revoked_at is not None:
             raise Unauthenticated("The API key has been revoked.")
-        return Party(party_id, name, country, role)
+        party = Party(party_id, name, country, role)
+        if len(self._verified) >= MAX_VERIFIED_KEYS:
+            self._verified.clear()
+        self._verified[key_id] = (secret_hash, party)
+        return party
+
+    def identify(self, api_key: str | None) -> Credential:
+        """The party of a bearer key, without a look-up when this process has verified the
+        key before: then whether it has been revoked since is NOT checked, and the caller
+        must check it where it acts (`EventStore.append`'s `key_id`, in the transaction that
+        writes). Unauthenticated for no, unknown or invalid keys, and for keys found revoked."""
+        key_id, secret = _parsed(api_key)
+        known = self._verified.get(key_id)
+        if known is None:
+            return Credential(key_id, self.authenticate(api_key))
+        secret_hash, party = known
+        if not hmac.compare_digest(secret_hash, _hash_secret(secret)):
+            raise Unauthenticated("The API key is not valid.")
+        return Credential(key_id, party)
+
+    def forget(self, key_ids: Iterable[str]) -> None:
+        """Keys found revoked: `identify` looks them up again, and refuses them."""
+        for key_id in key_ids:
+            self._verified.pop(key_id, None)
 
     def _issue(self, conn, party_id: str) -> IssuedKey:
         key_id = secrets.token_hex(8)
@@ -151,6 +184,16 @@ _KEY_AND_PARTY = (select(api_keys.c.secret_hash, api_keys.c.revoked_at, parties.
                   .where(api_keys.c.key_id == bindparam("key_id")))
 _KEY_AND_PARTY_POSTGRES = select(literal_column("*")).select_from(func.magledger_api_key(bindparam("key_id")))
 """The same look-up through its function (migration 0007), whose plan the session keeps."""
+
+
+def _parsed(api_key: str | None) -> tuple[str, str]:
+    """A bearer key's id and secret."""
+    if not api_key:
+        raise Unauthenticated("An API key is required: send Authorization: Bearer <key>.")
+    match = KEY_PATTERN.fullmatch(api_key)
+    if not match:
+        raise Unauthenticated("The API key is not valid.")
+    return match.group(1), match.group(2)
 
 
 def _party(row) -> Party:

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ledger import fastjson, merkle
-from ledger.schema import log_head, metadata
+from ledger.schema import api_keys, log_head, metadata
 
 CHUNK = 900
 CONFLICT_STATES = ("23505", "40P01", "40001", "55P03")
@@ -57,6 +57,21 @@ class WriteConflict(Exception):
     """Another writer took a key that this write assumed free; retry under the lock."""
 
 
+class KeysRevoked(Exception):
+    """API keys that the transaction was to act for have been revoked: nothing is written."""
+
+    def __init__(self, key_ids: Sequence[str]):
+        super().__init__(f"revoked API keys: {', '.join(key_ids)}")
+        self.key_ids = frozenset(key_ids)
+
+
+REVOKED_STATE = "28000"
+"""Invalid authorization specification: raised by `magledger_refuse_keys` (migration 0008),
+with the revoked key ids, comma-separated, as its detail."""
+_REFUSE_REVOKED_KEYS = ("SELECT magledger_refuse_keys(string_agg(key_id, ',' ORDER BY key_id)) FROM api_keys "
+                        "WHERE key_id = ANY(string_to_array(%s, ',')) AND revoked_at IS NOT NULL HAVING count(*) > 0")
+
+
 class SqlRecorder:
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -72,6 +87,17 @@ class SqlRecorder:
 
     def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
         return [self._select_in(*lookup) for lookup in lookups]
+
+    def require_live_keys(self, key_ids: Sequence[str]) -> None:
+        """Raise KeysRevoked, inside the transaction, if any of these keys has been revoked:
+        a key revoked before this statement cannot act in the transaction; one revoked after
+        it acted before its revocation."""
+        if not key_ids:
+            return
+        query = select(api_keys.c.key_id).where(api_keys.c.key_id.in_(key_ids), api_keys.c.revoked_at.is_not(None))
+        revoked = sorted(key_id for (key_id,) in self.conn.execute(query))
+        if revoked:
+            raise KeysRevoked(revoked)
 
     def select_in(self, table: str, column: str, keys: Iterable) -> list[dict]:
         return self.select_many([(table, column, keys)])[0]
@@ -172,6 +198,18 @@ class PostgresRecorder(SqlRecorder):
             return
         with _translated():
             self.raw.cursor().execute("SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE NOWAIT")
+
+    def require_live_keys(self, key_ids: Sequence[str]) -> None:
+        """Sent with the group's other statements, so that the check costs no round trip of its
+        own; only a revoked key calls the function that fails the transaction (migration 0008)."""
+        if not key_ids:
+            return
+        params = (",".join(key_ids),)
+        if self._queued is not None:
+            self._queued.append(self._bind(_REFUSE_REVOKED_KEYS, params))
+            return
+        with _translated():
+            self.raw.cursor().execute(_REFUSE_REVOKED_KEYS, params)
 
     def select_many(self, lookups: Sequence[Lookup]) -> list[list[dict]]:
         if not any(keys for _, _, keys in lookups):
@@ -342,13 +380,20 @@ def _translated():
     try:
         yield
     except DBAPIError as error:
-        if getattr(error.orig, "sqlstate", None) in CONFLICT_STATES:
-            raise WriteConflict(str(error.orig)) from error
+        _raise_known(error.orig, error)
         raise
     except psycopg.Error as error:
-        if error.sqlstate in CONFLICT_STATES:
-            raise WriteConflict(str(error)) from error
+        _raise_known(error, error)
         raise DBAPIError.instance(None, None, error, psycopg.Error) from error
+
+
+def _raise_known(error: BaseException, cause: BaseException) -> None:
+    """Raise a driver error that the append path decides on as its own exception."""
+    state = getattr(error, "sqlstate", None)
+    if state in CONFLICT_STATES:
+        raise WriteConflict(str(error)) from cause
+    if state == REVOKED_STATE:
+        raise KeysRevoked((error.diag.message_detail or "").split(",")) from cause
 
 
 def _listed(lookups: Sequence[Lookup]) -> list[Lookup]:

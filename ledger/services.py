@@ -35,11 +35,12 @@ class Ledger:
         engine = make_engine(settings.database_url)
         if migrate:
             upgrade(engine)
-        store = EventStore(engine, clock)
+        parties = PartyRegistry(engine, clock)
+        store = EventStore(engine, clock, on_revoked_keys=parties.forget)
         projections = ProjectionEngine(engine, store, [*(projection() for projection in ALL),
                                                        Findings(settings.rule_config())], clock,
                                        flush_events=settings.rebuild_flush_events)
-        return cls(settings, engine, store, PartyRegistry(engine, clock), projections, Views(engine), clock)
+        return cls(settings, engine, store, parties, projections, Views(engine), clock)
 
     @cached_property
     def diversion(self) -> Diversion:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select
@@ -38,10 +38,10 @@ from sqlalchemy.exc import DBAPIError
 from ledger import collector, custody, fastjson, merkle
 from ledger.custody import CustodyState, LoggedEvent
 from ledger.db import reader, replace_if_lost, unavailable, writer
-from ledger.errors import Conflict, Invalid, LedgerError, Unavailable
+from ledger.errors import Conflict, Invalid, LedgerError, Unauthenticated, Unavailable
 from ledger.events import Clock, NewEvent, RecordedEvent, canonical_envelope, format_time, leaf_hash, utc_now
 from ledger.parties import Party
-from ledger.recorders import Write, WriteConflict, recorder_for
+from ledger.recorders import KeysRevoked, Write, WriteConflict, recorder_for
 from ledger.schema import batch_access, batches, events, log_head
 
 MAX_GROUP_EVENTS = 5000
@@ -73,6 +73,7 @@ class _Post:
     result: AppendResult | None = None
     error: BaseException | None = None
     digests: list[str] = field(default_factory=list)
+    key_id: str | None = None
 
     def outcome(self) -> AppendResult:
         if self.error is not None:
@@ -81,10 +82,13 @@ class _Post:
 
 
 class EventStore:
-    def __init__(self, engine: Engine, clock: Clock = utc_now, keep_tree: bool = True):
+    def __init__(self, engine: Engine, clock: Clock = utc_now, keep_tree: bool = True,
+                 on_revoked_keys: Callable[[Iterable[str]], None] | None = None):
         """`keep_tree=False` leaves the Merkle tree behind the log: only for measuring what
-        keeping it costs (bench/merkle); such a log cannot give proofs."""
+        keeping it costs (bench/merkle); such a log cannot give proofs. `on_revoked_keys` is
+        told of the keys an append found revoked (`append`'s `key_id`)."""
         self.engine = engine
+        self.on_revoked_keys = on_revoked_keys
         self.keep_tree = keep_tree
         self.clock = clock
         self._writer = writer(engine)
@@ -102,13 +106,17 @@ class EventStore:
 
     # --- appending -----------------------------------------------------------------------
 
-    def append(self, actor: Party, new_events: list[NewEvent], is_batch: bool = False) -> AppendResult:
+    def append(self, actor: Party, new_events: list[NewEvent], is_batch: bool = False,
+               key_id: str | None = None) -> AppendResult:
         """Append one post atomically: every event is written, or none and an error is raised.
 
         `is_batch` names fields in errors as `events.<i>.<field>`, the way the poster sent them.
+        `key_id`: the API key the post came with, when the caller has not checked whether it
+        is revoked: the transaction that would write the post checks it, and the post is
+        refused (Unauthenticated) if it is.
         """
         # Work that needs no lock is done here, in the caller's thread, not by the leader.
-        post = _Post(actor, list(new_events), is_batch)
+        post = _Post(actor, list(new_events), is_batch, key_id=key_id)
         post.digests = [event.content_digest(actor.party_id) for event in post.events]
         with self._cond:
             self._queue.append(post)
@@ -204,6 +212,16 @@ class EventStore:
                                         send_parts=self._sends_parts_of(group) and not rejected)
                 except _Recheck:
                     self._commit_locked(group, optimistic=False, send_parts=False)
+        except KeysRevoked as revoked:
+            checked = {post.key_id for post in group if post.key_id is not None}
+            refused_keys = revoked.key_ids & checked or checked
+            self._finish([post for post in group if post.key_id in refused_keys],
+                         Unauthenticated("The API key has been revoked."))
+            if self.on_revoked_keys is not None:
+                self.on_revoked_keys(refused_keys)
+            rest = [post for post in group if post.key_id not in refused_keys]
+            if rest:
+                self._commit_group(rest)
         except LedgerError as error:
             self._finish(group, error)
         except DBAPIError as error:
@@ -239,6 +257,7 @@ class EventStore:
         try:
             with recorder.transaction(streamed=send_parts):
                 head = state.lock_and_prefetch([(post.actor, post.events) for post in group], optimistic)
+                recorder.require_live_keys(_unchecked_keys(group))
                 decided, position = self._decide_and_write(group, state, recorder, head, optimistic, send_parts)
         except BaseException:
             state.reset()
@@ -263,6 +282,7 @@ class EventStore:
             send_parts = self._sends_parts_of(group)
             with recorder.transaction(streamed=send_parts):
                 recorder.lock_without_waiting()
+                recorder.require_live_keys(_unchecked_keys(group))
                 head = state.prefetch([(post.actor, post.events) for post in group])
                 decided, position = self._decide_and_write(group, state, recorder, head, optimistic=True,
                                                            send_parts=send_parts)
@@ -445,6 +465,10 @@ class EventStore:
     def count(self) -> int:
         with self._reads.connect() as conn:
             return conn.execute(select(func.count()).select_from(events)).scalar_one()
+
+
+def _unchecked_keys(group: list[_Post]) -> list[str]:
+    return sorted({post.key_id for post in group if post.key_id is not None})
 
 
 class _GroupRows:

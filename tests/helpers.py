@@ -36,11 +36,11 @@ def declared(batch_id: str, countries=("IN",), **data) -> dict:
                                                "end_use": "domestic automotive motors", **data})
 
 
-def post(ledger, actor, *raw_events, batch: bool | None = None):
+def post(ledger, actor, *raw_events, batch: bool | None = None, key_id: str | None = None):
     """Validate and append as the API does; a batch post when several events are given."""
     body = {"events": list(raw_events)} if (batch or len(raw_events) > 1) else raw_events[0]
     new_events, is_batch = parse_post(body, ledger.store.clock())
-    return ledger.store.append(actor, new_events, is_batch)
+    return ledger.store.append(actor, new_events, is_batch, key_id=key_id)
 
 
 def parties(ledger):

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from ledger.db import make_engine
+from ledger.parties import PartyRegistry
 from ledger.server import ConnectionRotation
 from tests.conftest import assert_problem, magledger
 from tests.helpers import declared, event, received, registered, shipped, unique
@@ -98,6 +100,35 @@ def test_401_for_missing_unknown_and_revoked_keys(live_server, keys):
     assert_problem(live_server.request("GET", "/v1/events", key), 401)
     assert live_server.request("GET", "/v1/events", second.json()["api_key"]).status_code == 200
     assert_problem(live_server.request("DELETE", f"/v1/parties/{party_id}/keys/nope", keys["admin"]), 404)
+
+
+def test_401_at_once_for_a_key_revoked_while_the_server_processes_remember_it(live_server, keys):
+    """The server's processes have verified the key; it is then revoked by another process
+    (here the core's API on the same database). Every post with it is refused from then on,
+    valid or not, and none is written."""
+    party_id = f"revokee-{uuid.uuid4().hex[:6]}"
+    created = live_server.request("POST", "/v1/parties", keys["admin"],
+                                  json={"party_id": party_id, "name": "Revokee", "country": "CN", "role": "partner"})
+    key, key_id = created.json()["api_key"], created.json()["key_id"]
+
+    def post_anew(**kwargs):
+        live_server.session.close()  # a new connection, which either server process may take
+        return live_server.request("POST", "/v1/events", key, **kwargs)
+
+    for _ in range(12):
+        assert post_anew(json=registered(unique())).status_code == 201
+    engine = make_engine(live_server.database_url)
+    try:
+        PartyRegistry(engine).revoke_key(party_id, key_id)
+    finally:
+        engine.dispose()
+    refused = [registered(unique()) for _ in range(12)]
+    for raw in refused:
+        assert_problem(post_anew(json=raw), 401)
+        assert_problem(post_anew(json={"type": "batch.registered"}), 401)
+        assert_problem(post_anew(data=b"{not json", headers={"Content-Type": "application/json"}), 401)
+    for raw in refused:
+        assert_problem(live_server.request("GET", f"/v1/events/{raw['event_id']}", keys["regulator"]), 404)
 
 
 def test_403_for_roles_and_standing(live_server, keys):

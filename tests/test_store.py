@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthenticated
 from ledger.events import parse_post
+from ledger.parties import PartyRegistry
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
 
 
@@ -84,6 +85,65 @@ def test_401_for_no_unknown_or_revoked_keys(ledger, cast):
     ledger.parties.revoke_key("key-holder", key.key_id)
     with pytest.raises(Unauthenticated, match="revoked"):
         ledger.parties.authenticate(key.api_key)
+
+
+def test_a_key_remembered_as_valid_cannot_append_once_revoked_elsewhere(ledger, cast):
+    """A process remembers the keys it has verified; a revocation made by another process
+    is caught by the append's own transaction, for one event, for a replay, and for a post
+    large enough to be sent in parts."""
+    _party, key = ledger.parties.register("key-holder", "Key Holder", "CN", "partner")
+    credential = ledger.parties.identify(key.api_key)
+    replayed = registered(unique())
+    post(ledger, credential.party, replayed, key_id=credential.key_id)
+    PartyRegistry(ledger.engine).revoke_key("key-holder", key.key_id)
+    assert ledger.parties.identify(key.api_key) == credential
+    before = ledger.store.count()
+    for raw in ([registered(unique())], [replayed], [registered(unique()) for _ in range(250)]):
+        with pytest.raises(Unauthenticated, match="revoked"):
+            post(ledger, credential.party, *raw, key_id=credential.key_id)
+    assert ledger.store.count() == before
+    with pytest.raises(Unauthenticated, match="revoked"):
+        ledger.parties.identify(key.api_key)
+    assert post(ledger, cast["maker"], registered(unique())).created
+
+
+def test_a_revoked_key_in_a_group_commit_leaves_the_other_posts_written(ledger, cast):
+    _party, key = ledger.parties.register("key-holder", "Key Holder", "CN", "partner")
+    credential = ledger.parties.identify(key.api_key)
+    PartyRegistry(ledger.engine).revoke_key("key-holder", key.key_id)
+    before = ledger.store.count()
+    start = threading.Barrier(8)
+    outcomes: dict[int, object] = {}
+
+    def poster(index: int) -> None:
+        start.wait()
+        for round_ in range(10):
+            try:
+                if index == 0:
+                    post(ledger, credential.party, registered(unique()), key_id=credential.key_id)
+                else:
+                    post(ledger, cast["maker"], registered(unique()), key_id=None)
+                outcomes[index * 100 + round_] = "written"
+            except Unauthenticated as error:
+                outcomes[index * 100 + round_] = error
+
+    threads = [threading.Thread(target=poster, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = {n for n, outcome in outcomes.items() if outcome != "written"}
+    assert refused == set(range(10))
+    assert ledger.store.count() == before + 70
+    assert [e.position for e in ledger.store.feed(after=before, limit=1000)] == list(range(before + 1, before + 71))
+
+
+def test_an_unrevoked_key_appends_with_its_check_and_a_wrong_secret_is_refused_from_memory(ledger, cast):
+    _party, key = ledger.parties.register("key-holder", "Key Holder", "CN", "partner")
+    credential = ledger.parties.identify(key.api_key)
+    assert post(ledger, credential.party, registered(unique()), key_id=credential.key_id).created
+    with pytest.raises(Unauthenticated, match="not valid"):
+        ledger.parties.identify(key.api_key[:-1] + ("A" if key.api_key[-1] != "A" else "B"))
 
 
 @pytest.mark.parametrize("role, event_type", [("auditor", "batch.registered"), ("admin", "batch.registered"),

@@ -3,7 +3,7 @@ import logging
 from flask import Response, current_app
 from sqlalchemy.exc import DBAPIError
 
-from api.auth import READERS, current_party, requires
+from api.auth import READERS, confirm_not_revoked, current_credential, current_party, requires
 from api.metrics import APPENDS
 from api.openapi import ERROR
 from api.routes import Blueprint, parse_json, request_body
@@ -37,7 +37,7 @@ def _ledger():
 
 
 @blp.route("", methods=["POST"])
-@requires("partner", "regulator")
+@requires("partner", "regulator", revocation_checked_by_append=True)
 @blp.doc(requestBody=POST_BODY)
 @blp.response(201, Receipts)
 @blp.alt_response(200, schema=Receipts, description="Every event was already in the log (an idempotent replay).")
@@ -47,10 +47,15 @@ def _ledger():
 def post_events():
     """Append one event or an atomic batch; replaying an event answers its original receipt."""
     ledger = _ledger()
-    body = parse_json(request_body())
-    new_events, is_batch = parse_post(body, ledger.store.clock(), ledger.settings.max_events_per_post)
+    try:
+        body = parse_json(request_body())
+        new_events, is_batch = parse_post(body, ledger.store.clock(), ledger.settings.max_events_per_post)
+    except Exception:
+        confirm_not_revoked()
+        raise
+    credential = current_credential()
     with APPENDS.time():
-        result = ledger.store.append(current_party(), new_events, is_batch)
+        result = ledger.store.append(credential.party, new_events, is_batch, key_id=credential.key_id)
     if result.created:
         # The events are committed: the answer stays 201 whatever happens here, and the next
         # catch-up (the next append's, or the periodic one) brings the projections up.
