@@ -468,6 +468,7 @@ class EventStore:
 
 
 def _unchecked_keys(group: list[_Post]) -> list[str]:
+    """The keys whose revocation the group's transaction checks."""
     return sorted({post.key_id for post in group if post.key_id is not None})
 
 

@@ -109,7 +109,8 @@ def test_a_key_remembered_as_valid_cannot_append_once_revoked_elsewhere(ledger, 
 
 def test_a_revoked_key_in_a_group_commit_leaves_the_other_posts_written(ledger, cast):
     _party, key = ledger.parties.register("key-holder", "Key Holder", "CN", "partner")
-    credential = ledger.parties.identify(key.api_key)
+    _party, live_key = ledger.parties.register("live-holder", "Live Holder", "CN", "partner")
+    credential, live = ledger.parties.identify(key.api_key), ledger.parties.identify(live_key.api_key)
     PartyRegistry(ledger.engine).revoke_key("key-holder", key.key_id)
     before = ledger.store.count()
     start = threading.Barrier(8)
@@ -121,8 +122,10 @@ def test_a_revoked_key_in_a_group_commit_leaves_the_other_posts_written(ledger, 
             try:
                 if index == 0:
                     post(ledger, credential.party, registered(unique()), key_id=credential.key_id)
+                elif index % 2:
+                    post(ledger, live.party, registered(unique()), key_id=live.key_id)
                 else:
-                    post(ledger, cast["maker"], registered(unique()), key_id=None)
+                    post(ledger, cast["maker"], registered(unique()))
                 outcomes[index * 100 + round_] = "written"
             except Unauthenticated as error:
                 outcomes[index * 100 + round_] = error
