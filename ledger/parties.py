@@ -132,7 +132,10 @@ class PartyRegistry:
 
     def authenticate(self, api_key: str | None) -> Party:
         """The party a bearer key belongs to; Unauthenticated for no, unknown or revoked keys."""
-        key_id, secret = _parsed(api_key)
+        return self._look_up(*_parsed(api_key))
+
+    def _look_up(self, key_id: str, secret: str) -> Party:
+        """The key's party from the database, remembered for `identify` once found valid."""
         row = first_row(self.reads, self._key_and_party, {"key_id": key_id})
         expected = row[0] if row else _hash_secret("no such key")
         if not hmac.compare_digest(expected, _hash_secret(secret)) or row is None:
@@ -154,7 +157,7 @@ class PartyRegistry:
         key_id, secret = _parsed(api_key)
         known = self._verified.get(key_id)
         if known is None:
-            return Credential(key_id, self.authenticate(api_key))
+            return Credential(key_id, self._look_up(key_id, secret))
         secret_hash, party = known
         if not hmac.compare_digest(secret_hash, _hash_secret(secret)):
             raise Unauthenticated("The API key is not valid.")
