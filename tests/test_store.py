@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from ledger.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthenticated
 from ledger.events import parse_post
 from ledger.parties import PartyRegistry
+from ledger.services import Ledger
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
 
 
@@ -256,6 +257,69 @@ def test_a_large_rejected_post_does_not_fail_the_posts_grouped_with_it(ledger, c
     assert all(results[f"good-{i}"].created for i in range(4))
     positions = sorted(r["position"] for i in range(4) for r in results[f"good-{i}"].receipts)
     assert positions == list(range(1, 4 * PART_EVENTS + 7)) == [e.position for e in ledger.store.iter_all()]
+
+
+@pytest.fixture
+def twin(request, database_url, tmp_path, clock):
+    """A second ledger on a database of its own, of the same kind as `ledger`'s."""
+    from tests.conftest import fresh_postgres, fresh_sqlite, settings_for
+
+    if database_url.startswith("sqlite"):
+        url, drop = fresh_sqlite(request.getfixturevalue("sqlite_template"), twin_directory(tmp_path)), None
+    else:
+        url, drop = fresh_postgres(request.getfixturevalue("postgres_template"))
+    opened = Ledger.open(settings_for(url), clock=clock)
+    yield opened
+    opened.close()
+    if drop is not None:
+        drop()
+
+
+def twin_directory(tmp_path):
+    directory = tmp_path / "twin"
+    directory.mkdir()
+    return directory
+
+
+def state_tables(ledger) -> tuple:
+    with ledger.engine.connect() as conn:
+        return tuple(conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2")).fetchall()
+                     for table in ("batches", "holdings", "shipments", "lineage", "batch_access", "voids"))
+
+
+def test_a_large_post_leaves_the_state_that_its_events_posted_one_at_a_time_leave(ledger, twin):
+    """On PostgreSQL each part of a large post carries the state rows changed so far, while
+    the rest is decided; later events of the same post change some of them again (batches
+    created in one part and shipped from or split again in another, their holdings, their
+    lineage). Those rows must end as if every event had been posted alone."""
+    from ledger.store import PART_EVENTS
+
+    older, parent, child_a, child_b = unique(), unique(), unique(), unique()
+
+    def filler():
+        return [registered(unique()) for _ in range(PART_EVENTS + 5)]
+
+    posts = [
+        ("maker", [registered(older, "500")]),
+        ("maker", [registered(parent, "1000"), shipped(older, "S-1", "mumbai-imports", "100"),
+                   event("batch.split", parent, {"children": [{"batch_id": child_a, "mass_kg": "300"}]}),
+                   *filler(),
+                   shipped(child_a, "S-2", "mumbai-imports", "250"), shipped(older, "S-3", "mumbai-imports", "50"),
+                   event("batch.split", parent, {"children": [{"batch_id": child_b, "mass_kg": "200"}]}),
+                   *filler(),
+                   shipped(child_a, "S-4", "mumbai-imports", "50"), shipped(parent, "S-5", "mumbai-imports", "100")]),
+        ("importer", [received(child_a, "S-2", "250"), received(older, "S-3", "50")]),
+    ]
+    cast, twin_cast = parties(ledger), parties(twin)
+    for actor, raws in posts:
+        post(ledger, cast[actor], *raws)
+        for raw in raws:
+            post(twin, twin_cast[actor], raw)
+    assert state_tables(ledger) == state_tables(twin)
+    with ledger.engine.connect() as conn:
+        held = set(conn.execute(text("SELECT batch_id, party_id, mass_mg FROM holdings WHERE mass_mg > 0")))
+    assert {(parent, "baotou-magnets", 400_000_000), (child_a, "mumbai-imports", 250_000_000),
+            (child_b, "baotou-magnets", 200_000_000), (older, "baotou-magnets", 350_000_000)} <= held
 
 
 def test_expected_version_zero_and_current_are_accepted(ledger, cast):
