@@ -13,7 +13,7 @@ stored events before theirs; validation's own rate is printed too. Every clock s
 settled heap (`reference.settle_heap`), so that no scenario pays the cycle collector for
 objects an earlier one left alive. Run:
 
-    python -m bench.ingest [--url postgresql://postgres@127.0.0.1:5432/postgres] [--events 20000]
+    python -m bench.ingest [--url postgresql://postgres@127.0.0.1:5432/postgres] [--events 20000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -197,6 +198,31 @@ def print_server_errors(log: Path) -> None:
         print(line, file=sys.stderr)
 
 
+TARGETS = [
+    # (label, ours, reference, target)
+    ("(a) / Application 1 per txn", "(a) store, 1 event per append, 8 threads",
+     "(c) eventsourcing Application, 1 per txn, 8 threads", 2),
+    ("(a) / recorder 1 per txn", "(a) store, 1 event per append, 8 threads",
+     "(c) eventsourcing recorder, 1 per txn, 8 threads", 2),
+    ("(b) / Application 500 per txn", "(b) store, 500 events per append, 1 thread",
+     "(c) eventsourcing Application, 500 per txn, 1 thread", 3),
+    ("(b) / recorder 500 per txn", "(b) store, 500 events per append, 1 thread",
+     "(c) eventsourcing recorder, 500 per txn, 1 thread", 3),
+    ("(e) 1 per request / Application 1 per txn", "(e) HTTP, 1 event per request, 8 clients",
+     "(c) eventsourcing Application, 1 per txn, 8 threads", 1),
+    ("(e) 1 per request / recorder 1 per txn", "(e) HTTP, 1 event per request, 8 clients",
+     "(c) eventsourcing recorder, 1 per txn, 8 threads", 1),
+    ("(e) 500 per request / Application 500 per txn", "(e) HTTP, 500 events per request, 8 clients",
+     "(c) eventsourcing Application, 500 per txn, 1 thread", 1),
+    ("(e) 500 per request / recorder 500 per txn", "(e) HTTP, 500 events per request, 8 clients",
+     "(c) eventsourcing recorder, 500 per txn, 1 thread", 1),
+    ("(a) / raw INSERT + COMMIT", "(a) store, 1 event per append, 8 threads", "(d) raw INSERT + COMMIT, 8 threads",
+     None),
+    ("(b) / raw COPY", "(b) store, 500 events per append, 1 thread", "(d) raw COPY, one transaction", None),
+]
+"""Each ratio the issue sets a target for, from figures measured in the same round."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -205,17 +231,49 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14",
                         help="REDIS_URL for the server in (e), so that projections are not caught up in "
                              "the request (the production setting); empty for the embedded mode")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every scenario this many times, one round after another, and give the "
+                             "verdicts on the median of the rounds' ratios: this machine's speed drifts by "
+                             "up to 2x within minutes, so one round's ratios can land far from the rest")
     args = parser.parse_args()
+    print(f"magledger ingest benchmark, {args.events:,} events per scenario, "
+          f"PostgreSQL at {urlsplit(args.url).netloc}")
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"round {number} of {args.rounds}", flush=True)
+        rounds.append(measure(args))
+        print_ratios(rounds[-1])
+    if args.rounds > 1:
+        print(f"median of {args.rounds} rounds' ratios (each round's in brackets)")
+        for label, ours, reference_label, target in TARGETS:
+            ratios = [figures[ours] / figures[reference_label] for figures in rounds]
+            median = statistics.median(ratios)
+            print(f"  {label:<50} {median:6.2f}x  {_verdict(median, target):<16} "
+                  f"({', '.join(f'{ratio:.2f}' for ratio in ratios)})")
+
+
+def print_ratios(figures: dict[str, float]) -> None:
+    print("ratios (target in brackets)")
+    for label, ours, reference_label, target in TARGETS:
+        value = figures[ours] / figures[reference_label]
+        print(f"  {label:<50} {value:6.2f}x  {_verdict(value, target)}")
+
+
+def _verdict(value: float, target: float | None) -> str:
+    return "" if target is None else f"[>= {target}x] " + ("met" if value >= target else "NOT met")
+
+
+def measure(args) -> dict[str, float]:
+    """One round of every scenario, on databases created for it; returns events/s by label."""
     n = args.events
     workdir = Path.cwd()
-
     figures: dict[str, float] = {}
 
     def record(label: str, value: float) -> None:
         figures[label] = value
         print(f"  {label:<58} {value:>10,.0f} events/s", flush=True)
 
-    print(f"magledger ingest benchmark, {n:,} events per scenario, PostgreSQL at {urlsplit(args.url).netloc}")
     database_url = recreate_database(args.url, BENCH_DB)
     ledger = Ledger.open(Settings.from_env({"DATABASE_URL": database_url}), migrate=True)
     actor, _key = ledger.parties.register("bench-maker", "Bench Maker", "CN", "partner")
@@ -273,26 +331,7 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-    print("ratios (target in brackets)")
-    app1, app500 = figures["(c) eventsourcing Application, 1 per txn, 8 threads"], \
-        figures["(c) eventsourcing Application, 500 per txn, 1 thread"]
-    rec1, rec500 = figures["(c) eventsourcing recorder, 1 per txn, 8 threads"], \
-        figures["(c) eventsourcing recorder, 500 per txn, 1 thread"]
-    a, b = figures["(a) store, 1 event per append, 8 threads"], figures["(b) store, 500 events per append, 1 thread"]
-    e1, e500 = figures["(e) HTTP, 1 event per request, 8 clients"], figures["(e) HTTP, 500 events per request, 8 clients"]
-    for label, value, target in [
-        ("(a) / Application 1 per txn", a / app1, 2), ("(a) / recorder 1 per txn", a / rec1, 2),
-        ("(b) / Application 500 per txn", b / app500, 3), ("(b) / recorder 500 per txn", b / rec500, 3),
-        ("(e) 1 per request / Application 1 per txn", e1 / app1, 1),
-        ("(e) 1 per request / recorder 1 per txn", e1 / rec1, 1),
-        ("(e) 500 per request / Application 500 per txn", e500 / app500, 1),
-        ("(e) 500 per request / recorder 500 per txn", e500 / rec500, 1),
-        ("(a) / raw INSERT + COMMIT", a / figures["(d) raw INSERT + COMMIT, 8 threads"], None),
-        ("(b) / raw COPY", b / figures["(d) raw COPY, one transaction"], None),
-    ]:
-        verdict = "" if target is None else (f"[>= {target}x] " + ("met" if value >= target else "NOT met"))
-        print(f"  {label:<50} {value:6.2f}x  {verdict}")
+    return figures
 
 
 if __name__ == "__main__":
