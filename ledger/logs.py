@@ -23,9 +23,11 @@ class RequestIdFilter(logging.Filter):
 def config(log_format: str, level: str = "INFO") -> dict:
     """A `logging.config.dictConfig` for this process; the HTTP server (granian) takes it
     too, so its own lines come out in the same form. Its access log is left out: the API
-    writes one line per request itself, with the request id and the caller."""
+    writes one line per request itself, with the request id and the caller. JSON lines are
+    encoded by orjson: the standard library's encoder cost a one-event post 62,000 more of
+    its 2.2 million instructions in the server process (callgrind)."""
     if log_format == "json":
-        formatter = {"()": "pythonjsonlogger.json.JsonFormatter", "fmt": JSON_FIELDS, "timestamp": "time",
+        formatter = {"()": "pythonjsonlogger.orjson.OrjsonFormatter", "fmt": JSON_FIELDS, "timestamp": "time",
                      "rename_fields": {"levelname": "level", "name": "logger"}}
     else:
         formatter = {"format": TEXT_FORMAT}
