@@ -8,6 +8,7 @@ Under `magledger serve` with several processes, counters live in PROMETHEUS_MULT
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -25,6 +26,14 @@ REQUESTS = Counter("magledger_http_requests", "HTTP requests answered", ["method
 LATENCY = Histogram("magledger_http_request_seconds", "Time to answer an HTTP request", ["method", "route"])
 APPENDS = Histogram("magledger_append_seconds", "Time to append one post to the log (validation excluded)",
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+@functools.lru_cache(maxsize=1024)
+def _series(method: str, route: str, status: int) -> tuple:
+    """The request counter and latency histogram of one method, route and status, looked up
+    once: through `labels` (its lock and label checks) at every request they cost 27,000 of a
+    one-event post's 2.2 million instructions in the server process (callgrind)."""
+    return REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route)
 
 
 class LedgerCollector:
@@ -71,9 +80,10 @@ def install(app: Flask, ledger: Ledger) -> None:
     @app.after_request
     def _count(response):
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        counter, latency = _series(request.method, route, response.status_code)
+        counter.inc()
         if "request_started" in g:
-            LATENCY.labels(request.method, route).observe(tracing.elapsed())
+            latency.observe(tracing.elapsed())
         return response
 
     @app.get("/metrics")
