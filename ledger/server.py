@@ -7,6 +7,7 @@ posts 1.29-1.30 ms against 1.58-1.63 (measured on 2026-12-04, 8 clients, two wor
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import tempfile
@@ -21,6 +22,7 @@ from ledger.logs import config as log_config
 
 GRACEFUL_SECONDS = 30
 """How long a stopping worker may take to finish the requests it holds before it is killed."""
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class ConnectionRotation:
@@ -70,10 +72,21 @@ class ConnectionRotation:
 
 def wsgi_app():
     """Built in each worker process (granian loads it by name, as a factory), from the
-    environment that `magledger serve` checked before it started the server."""
+    environment that `magledger serve` checked before it started the server.
+
+    The cycle collector is set for a server's work, which makes few cycles and many objects:
+    what the process holds once the app is built (modules, schemas, table metadata: about
+    130,000 objects) lives as long as the process and is moved out of the collector's sight
+    (`gc.freeze`), and the youngest generation is collected every `GC_YOUNG_THRESHOLD` new
+    containers instead of 700. Measured over 80 500-event posts to two workers (two runs of
+    each): 0.38-0.48 s of collections in the workers before, 0.13-0.18 s after, of about
+    3.7 s of their CPU."""
     from api import create_app
 
-    return ConnectionRotation(create_app(settings=Settings.from_env()))
+    app = ConnectionRotation(create_app(settings=Settings.from_env()))
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    return app
 
 
 class PortInUse(OSError):

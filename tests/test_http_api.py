@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,7 +18,7 @@ import pytest
 from ledger.db import make_engine
 from ledger.parties import PartyRegistry
 from ledger.server import ConnectionRotation
-from tests.conftest import assert_problem, magledger
+from tests.conftest import TEST_SIGNING_KEY, assert_problem, fresh_sqlite, magledger
 from tests.helpers import declared, event, received, registered, shipped, unique
 from tests.jcs import canonicalize
 
@@ -251,6 +254,18 @@ def test_keep_alive_connections_are_closed_now_and_then_and_the_client_goes_on(l
         closes += response.getheader("Connection") == "close"
     connection.close()
     assert closes >= 2 and answers > 10 * closes
+
+
+def test_a_server_process_freezes_what_its_app_holds_and_collects_young_objects_less_often(sqlite_template, tmp_path):
+    """Each worker process builds its app through ledger.server.wsgi_app, which sets the cycle
+    collector for a server's work; run in a process of its own, as a worker would."""
+    url = fresh_sqlite(sqlite_template, tmp_path)
+    probe = ("import gc; from ledger.server import GC_YOUNG_THRESHOLD, wsgi_app; wsgi_app(); "
+             "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_freeze_count())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True,
+                          env={**os.environ, "DATABASE_URL": url, "LEDGER_SIGNING_KEY": TEST_SIGNING_KEY})
+    young_threshold_set, frozen = done.stdout.split()
+    assert young_threshold_set == "True" and int(frozen) > 10_000
 
 
 def test_a_process_closes_connections_in_proportion_to_the_requests_it_has_in_flight():
