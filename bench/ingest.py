@@ -8,6 +8,9 @@
 (e) over HTTP against `magledger serve`: one event per request from 8 concurrent clients,
     and 500-event requests from 8 concurrent clients
 
+The references run again after (e), and (e)'s ratios are to their mean before and after it:
+(e) comes minutes after them, and this machine's speed drifts by up to 2x in minutes.
+
 Events for (a) and (b) are validated before the clock starts, as the references build their
 stored events before theirs; validation's own rate is printed too. Every clock starts on a
 settled heap (`reference.settle_heap`), so that no scenario pays the cycle collector for
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -198,6 +202,12 @@ def print_server_errors(log: Path) -> None:
         print(line, file=sys.stderr)
 
 
+REFERENCES = ("(c) eventsourcing Application, 1 per txn, 8 threads", "(c) eventsourcing Application, 500 per txn, 1 thread",
+              "(c) eventsourcing recorder, 1 per txn, 8 threads", "(c) eventsourcing recorder, 500 per txn, 1 thread")
+AFTER_E, AROUND_E = ", after (e)", ", mean around (e)"
+"""(e) runs minutes after the references, and this machine's speed drifts by up to 2x in
+minutes: its ratios are to the mean of the references measured before and after it."""
+
 TARGETS = [
     # (label, ours, reference, target)
     ("(a) / Application 1 per txn", "(a) store, 1 event per append, 8 threads",
@@ -209,13 +219,13 @@ TARGETS = [
     ("(b) / recorder 500 per txn", "(b) store, 500 events per append, 1 thread",
      "(c) eventsourcing recorder, 500 per txn, 1 thread", 3),
     ("(e) 1 per request / Application 1 per txn", "(e) HTTP, 1 event per request, 8 clients",
-     "(c) eventsourcing Application, 1 per txn, 8 threads", 1),
+     "(c) eventsourcing Application, 1 per txn, 8 threads" + AROUND_E, 1),
     ("(e) 1 per request / recorder 1 per txn", "(e) HTTP, 1 event per request, 8 clients",
-     "(c) eventsourcing recorder, 1 per txn, 8 threads", 1),
+     "(c) eventsourcing recorder, 1 per txn, 8 threads" + AROUND_E, 1),
     ("(e) 500 per request / Application 500 per txn", "(e) HTTP, 500 events per request, 8 clients",
-     "(c) eventsourcing Application, 500 per txn, 1 thread", 1),
+     "(c) eventsourcing Application, 500 per txn, 1 thread" + AROUND_E, 1),
     ("(e) 500 per request / recorder 500 per txn", "(e) HTTP, 500 events per request, 8 clients",
-     "(c) eventsourcing recorder, 500 per txn, 1 thread", 1),
+     "(c) eventsourcing recorder, 500 per txn, 1 thread" + AROUND_E, 1),
     ("(a) / raw INSERT + COMMIT", "(a) store, 1 event per append, 8 threads", "(d) raw INSERT + COMMIT, 8 threads",
      None),
     ("(b) / raw COPY", "(b) store, 500 events per append, 1 thread", "(d) raw COPY, one transaction", None),
@@ -264,6 +274,14 @@ def _verdict(value: float, target: float | None) -> str:
     return "" if target is None else f"[>= {target}x] " + ("met" if value >= target else "NOT met")
 
 
+def references(url: str, n: int, record: Callable[[str, float], None], suffix: str = "") -> None:
+    application_1, application_500, recorder_1, recorder_500 = (label + suffix for label in REFERENCES)
+    record(application_1, reference.eventsourcing_application(url, n, threads=8, per_txn=1))
+    record(application_500, reference.eventsourcing_application(url, n, threads=1, per_txn=500))
+    record(recorder_1, reference.eventsourcing_recorder(url, n, threads=8, per_txn=1))
+    record(recorder_500, reference.eventsourcing_recorder(url, n, threads=1, per_txn=500))
+
+
 def measure(args) -> dict[str, float]:
     """One round of every scenario, on databases created for it; returns events/s by label."""
     n = args.events
@@ -272,7 +290,7 @@ def measure(args) -> dict[str, float]:
 
     def record(label: str, value: float) -> None:
         figures[label] = value
-        print(f"  {label:<58} {value:>10,.0f} events/s", flush=True)
+        print(f"  {label:<66} {value:>10,.0f} events/s", flush=True)
 
     database_url = recreate_database(args.url, BENCH_DB)
     ledger = Ledger.open(Settings.from_env({"DATABASE_URL": database_url}), migrate=True)
@@ -291,14 +309,7 @@ def measure(args) -> dict[str, float]:
 
     print("(c) eventsourcing 9.5 (reference)")
     reference_url = recreate_database(args.url, REFERENCE_DB)
-    record("(c) eventsourcing Application, 1 per txn, 8 threads",
-           reference.eventsourcing_application(reference_url, n, threads=8, per_txn=1))
-    record("(c) eventsourcing Application, 500 per txn, 1 thread",
-           reference.eventsourcing_application(reference_url, n, threads=1, per_txn=500))
-    record("(c) eventsourcing recorder, 1 per txn, 8 threads",
-           reference.eventsourcing_recorder(reference_url, n, threads=8, per_txn=1))
-    record("(c) eventsourcing recorder, 500 per txn, 1 thread",
-           reference.eventsourcing_recorder(reference_url, n, threads=1, per_txn=500))
+    references(reference_url, n, record)
     print("(d) raw psycopg (the machine's limit)")
     record("(d) raw INSERT + COMMIT, 8 threads", reference.raw_insert_commit(reference_url, n, threads=8))
     record("(d) raw COPY, one transaction", reference.raw_copy(reference_url, n))
@@ -331,6 +342,11 @@ def measure(args) -> dict[str, float]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+    print("(c) the references again, so that (e) is compared with their mean before and after it")
+    references(reference_url, n, record, AFTER_E)
+    for label in REFERENCES:
+        figures[label + AROUND_E] = (figures[label] + figures[label + AFTER_E]) / 2
     return figures
 
 
