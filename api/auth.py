@@ -15,7 +15,7 @@ READERS = ("partner", "regulator", "auditor")
 
 def current_party() -> Party:
     if "party" not in g:
-        g.party = _registry().authenticate(_bearer_key())
+        g.party = _registry().authenticate(bearer_key())
     return g.party
 
 
@@ -24,7 +24,7 @@ def current_credential() -> Credential:
     key before; whether the key has been revoked since is left to the append's transaction
     (`EventStore.append`'s `key_id`): for the routes that append, and only those."""
     if "credential" not in g:
-        g.credential = _registry().identify(_bearer_key())
+        g.credential = _registry().identify(bearer_key())
         g.party = g.credential.party
     return g.credential
 
@@ -33,14 +33,14 @@ def confirm_not_revoked() -> None:
     """Before a refusal decided without the append (a malformed or invalid post), check that
     the key of a `current_credential` has not been revoked: a revoked key gets 401 first."""
     if "credential" in g:
-        _registry().authenticate(_bearer_key())
+        _registry().authenticate(bearer_key())
 
 
 def _registry():
     return current_app.extensions["magledger"].parties
 
 
-def _bearer_key() -> str | None:
+def bearer_key() -> str | None:
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     return key.strip() if scheme.lower() == "bearer" else None
 

@@ -12,6 +12,7 @@ from flask import Flask, request
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 
+from api.auth import bearer_key
 from api.problems import problem
 from ledger.config import Settings
 
@@ -37,9 +38,9 @@ def install(app: Flask, settings: Settings) -> Limiter | None:
 def _caller() -> str:
     """The key's digest (never the key itself, which would then sit in Redis), or the
     address of a caller without one."""
-    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and key.strip():
-        return "key:" + hashlib.sha256(key.strip().encode()).hexdigest()[:32]
+    key = bearer_key()
+    if key:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
     return "addr:" + get_remote_address()
 
 

@@ -15,6 +15,7 @@ from ledger.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unau
 from ledger.events import parse_post
 from ledger.parties import PartyRegistry
 from ledger.services import Ledger
+from tests.conftest import fresh_postgres, fresh_sqlite, settings_for
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
 
 
@@ -262,10 +263,9 @@ def test_a_large_rejected_post_does_not_fail_the_posts_grouped_with_it(ledger, c
 @pytest.fixture
 def twin(request, database_url, tmp_path, clock):
     """A second ledger on a database of its own, of the same kind as `ledger`'s."""
-    from tests.conftest import fresh_postgres, fresh_sqlite, settings_for
-
     if database_url.startswith("sqlite"):
-        url, drop = fresh_sqlite(request.getfixturevalue("sqlite_template"), twin_directory(tmp_path)), None
+        (tmp_path / "twin").mkdir()
+        url, drop = fresh_sqlite(request.getfixturevalue("sqlite_template"), tmp_path / "twin"), None
     else:
         url, drop = fresh_postgres(request.getfixturevalue("postgres_template"))
     opened = Ledger.open(settings_for(url), clock=clock)
@@ -275,12 +275,6 @@ def twin(request, database_url, tmp_path, clock):
         drop()
 
 
-def twin_directory(tmp_path):
-    directory = tmp_path / "twin"
-    directory.mkdir()
-    return directory
-
-
 def state_tables(ledger) -> tuple:
     with ledger.engine.connect() as conn:
         return tuple(conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2")).fetchall()
@@ -288,10 +282,10 @@ def state_tables(ledger) -> tuple:
 
 
 def test_a_large_post_leaves_the_state_that_its_events_posted_one_at_a_time_leave(ledger, twin):
-    """On PostgreSQL each part of a large post carries the state rows changed so far, while
-    the rest is decided; later events of the same post change some of them again (batches
-    created in one part and shipped from or split again in another, their holdings, their
-    lineage). Those rows must end as if every event had been posted alone."""
+    """On PostgreSQL a large post is sent in parts while the rest is decided, and its later
+    events change rows that its earlier parts' events changed (batches created in one part and
+    shipped from or split again in another, their holdings, their lineage). The state tables
+    must end as if every event had been posted alone."""
     from ledger.store import PART_EVENTS
 
     older, parent, child_a, child_b = unique(), unique(), unique(), unique()
