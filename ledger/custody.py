@@ -161,9 +161,13 @@ class CustodyState:
         group's positions collide with that writer's on the log's primary key and nothing
         decided from this cache is written.
         """
-        lookups = self._plan(posts, optimistic=True)
-        self._absorb_all(lookups, self.recorder.select_many(list(lookups.values())))
+        self.prefetch_more(posts, optimistic=True)
         return self.head
+
+    def prefetch_more(self, posts: list[tuple[Party, list[NewEvent]]], optimistic: bool) -> None:
+        """Load what more posts need that the cache lacks, in a transaction already begun."""
+        lookups = self._plan(posts, optimistic)
+        self._absorb_all(lookups, self.recorder.select_many(list(lookups.values())))
 
     def _absorb_all(self, lookups: dict[str, tuple], found: list[list[dict]]) -> None:
         results = dict(zip(lookups, found))

@@ -257,12 +257,31 @@ class EventStore:
         try:
             with recorder.transaction(streamed=send_parts):
                 head = state.lock_and_prefetch([(post.actor, post.events) for post in group], optimistic)
+                if not send_parts:
+                    self._join_waiting(group, state, optimistic)
                 recorder.require_live_keys(_unchecked_keys(group))
                 decided, position = self._decide_and_write(group, state, recorder, head, optimistic, send_parts)
         except BaseException:
             state.reset()
             raise
         self._settle(decided, position)
+
+    def _join_waiting(self, group: list[_Post], state: CustodyState, optimistic: bool) -> None:
+        """Add to a small group, now that it holds the log's lock, the posts queued while it
+        waited for the lock (another process was committing): each would otherwise wait for
+        this commit and then pay for a transaction of its own. The group stays small enough
+        to be sent whole. The group's list is extended in place, so that every outcome and
+        retry of the group covers them."""
+        with self._cond:
+            count = sum(len(post.events) for post in group)
+            joining = []
+            while self._queue and count + len(self._queue[0].events) <= PART_EVENTS:
+                post = self._queue.popleft()
+                joining.append(post)
+                count += len(post.events)
+        if joining:
+            state.prefetch_more([(post.actor, post.events) for post in joining], optimistic)
+            group.extend(joining)
 
     def _commit_unlocked(self, group: list[_Post]) -> None:
         """PostgreSQL's fast path: trust the cache, and wait for nobody.

@@ -15,7 +15,7 @@ from ledger.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unau
 from ledger.events import parse_post
 from ledger.parties import PartyRegistry
 from ledger.services import Ledger
-from tests.conftest import fresh_postgres, fresh_sqlite, settings_for
+from tests.conftest import Clock, fresh_postgres, fresh_sqlite, settings_for
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
 
 
@@ -543,6 +543,52 @@ def test_a_writer_that_finds_the_log_locked_by_another_waits_its_turn(postgres_u
         writer.join(timeout=30)
         assert done["result"].receipts[0]["position"] == 2
         assert [e.position for e in opened.store.feed()] == [1, 2]
+    finally:
+        opened.close()
+
+
+class TickingClock(Clock):
+    """A clock one second later at every reading: a group commit reads it once for its
+    recorded_at, so receipts that share one came from one group."""
+
+    def __call__(self):
+        self.advance(seconds=1)
+        return self.now
+
+
+def test_posts_queued_while_a_group_waits_for_the_lock_join_that_group(postgres_url):
+    """Another process holds the log's lock: the waiting group takes the posts that queued
+    meanwhile into its own transaction, instead of leaving each to wait for this commit and
+    then pay for one of its own."""
+    opened = Ledger.open(settings_for(postgres_url), clock=TickingClock())
+    cast = parties(opened)
+    try:
+        post(opened, cast["maker"], registered(unique()))
+        receipts: dict[int, dict] = {}
+
+        def poster(number: int) -> threading.Thread:
+            def run():
+                receipts[number] = post(opened, cast["maker"], registered(unique())).receipts[0]
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        with opened.engine.connect() as other:
+            other.execute(text("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE"))
+            threads = [poster(0)]
+            threads[0].join(timeout=1.0)
+            assert threads[0].is_alive(), "the first post must wait for the other writer's lock"
+            threads += [poster(number) for number in range(1, 5)]
+            deadline = time.monotonic() + 30
+            while len(opened.store._queue) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(opened.store._queue) == 4, "the later posts must be queued behind the waiting group"
+            other.rollback()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(receipt["position"] for receipt in receipts.values()) == [2, 3, 4, 5, 6]
+        assert {receipt["recorded_at"] for receipt in receipts.values()} == {receipts[0]["recorded_at"]}
+        assert [e.position for e in opened.store.feed()] == [1, 2, 3, 4, 5, 6]
     finally:
         opened.close()
 
