@@ -270,8 +270,8 @@ class EventStore:
         """Add to a small group, now that it holds the log's lock, the posts queued while it
         waited for the lock (another process was committing): each would otherwise wait for
         this commit and then pay for a transaction of its own. The group stays small enough
-        to be sent whole. The group's list is extended in place, so that every outcome and
-        retry of the group covers them."""
+        to be sent whole. The group's list is extended in place, before their look-ups, so
+        that every outcome and retry of the group covers them, a failed look-up included."""
         with self._cond:
             count = sum(len(post.events) for post in group)
             joining = []
@@ -279,9 +279,9 @@ class EventStore:
                 post = self._queue.popleft()
                 joining.append(post)
                 count += len(post.events)
+            group.extend(joining)
         if joining:
             state.prefetch_more([(post.actor, post.events) for post in joining], optimistic)
-            group.extend(joining)
 
     def _commit_unlocked(self, group: list[_Post]) -> None:
         """PostgreSQL's fast path: trust the cache, and wait for nobody.

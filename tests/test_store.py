@@ -559,26 +559,33 @@ class TickingClock(Clock):
 def test_posts_queued_while_a_group_waits_for_the_lock_join_that_group(postgres_url):
     """Another process holds the log's lock: the waiting group takes the posts that queued
     meanwhile into its own transaction, instead of leaving each to wait for this commit and
-    then pay for one of its own."""
+    then pay for one of its own. Each joined post is still decided on its own: a shipment
+    sees the holding its batch had, and one of an unknown batch is refused alone."""
     opened = Ledger.open(settings_for(postgres_url), clock=TickingClock())
     cast = parties(opened)
+    batch = unique()
     try:
-        post(opened, cast["maker"], registered(unique()))
-        receipts: dict[int, dict] = {}
+        post(opened, cast["maker"], registered(batch, "100"))
+        outcomes: dict[str, object] = {}
 
-        def poster(number: int) -> threading.Thread:
+        def poster(name: str, raw: dict) -> threading.Thread:
             def run():
-                receipts[number] = post(opened, cast["maker"], registered(unique())).receipts[0]
+                try:
+                    outcomes[name] = post(opened, cast["maker"], raw).receipts[0]
+                except NotFound as error:
+                    outcomes[name] = error
             thread = threading.Thread(target=run)
             thread.start()
             return thread
 
         with opened.engine.connect() as other:
             other.execute(text("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE"))
-            threads = [poster(0)]
+            threads = [poster("first", registered(unique()))]
             threads[0].join(timeout=1.0)
             assert threads[0].is_alive(), "the first post must wait for the other writer's lock"
-            threads += [poster(number) for number in range(1, 5)]
+            threads += [poster(f"new-{i}", registered(unique())) for i in range(2)]
+            threads.append(poster("shipment", shipped(batch, "S-1", "mumbai-imports", "40")))
+            threads.append(poster("unknown", shipped("NO-SUCH", "S-2", "mumbai-imports", "1")))
             deadline = time.monotonic() + 30
             while len(opened.store._queue) < 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -586,9 +593,14 @@ def test_posts_queued_while_a_group_waits_for_the_lock_join_that_group(postgres_
             other.rollback()
         for thread in threads:
             thread.join(timeout=30)
-        assert sorted(receipt["position"] for receipt in receipts.values()) == [2, 3, 4, 5, 6]
-        assert {receipt["recorded_at"] for receipt in receipts.values()} == {receipts[0]["recorded_at"]}
-        assert [e.position for e in opened.store.feed()] == [1, 2, 3, 4, 5, 6]
+        assert isinstance(outcomes.pop("unknown"), NotFound)
+        assert sorted(receipt["position"] for receipt in outcomes.values()) == [2, 3, 4, 5]
+        assert {receipt["recorded_at"] for receipt in outcomes.values()} == {outcomes["first"]["recorded_at"]}
+        assert [e.position for e in opened.store.feed()] == [1, 2, 3, 4, 5]
+        with opened.engine.connect() as conn:
+            held = dict(conn.execute(text("SELECT party_id, mass_mg FROM holdings WHERE batch_id = :b"),
+                                     {"b": batch}).all())
+        assert held == {"baotou-magnets": 60_000_000}
     finally:
         opened.close()
 
