@@ -15,6 +15,7 @@ from ledger.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unau
 from ledger.events import parse_post
 from ledger.parties import PartyRegistry
 from ledger.services import Ledger
+from ledger.store import PART_EVENTS
 from tests.conftest import Clock, fresh_postgres, fresh_sqlite, settings_for
 from tests.helpers import declared, event, parties, post, received, registered, shipped, unique
 
@@ -235,8 +236,6 @@ def test_a_batch_post_is_atomic_and_names_the_failing_event(ledger, cast):
 def test_a_large_post_rejected_after_its_first_parts_were_sent_writes_nothing(ledger, cast):
     """On PostgreSQL the rows of a large post go to the server in parts while the rest is
     decided; a rejection after the first parts must still leave nothing behind."""
-    from ledger.store import PART_EVENTS
-
     post(ledger, cast["maker"], registered(unique()))
     head = ledger.store.last_position()
     bad_index = 2 * PART_EVENTS + 10
@@ -249,8 +248,6 @@ def test_a_large_post_rejected_after_its_first_parts_were_sent_writes_nothing(le
 
 
 def test_a_large_rejected_post_does_not_fail_the_posts_grouped_with_it(ledger, cast):
-    from ledger.store import PART_EVENTS
-
     bad = [registered(unique()) for _ in range(PART_EVENTS + 5)] + [shipped("NO-SUCH", "S-1", "pune-motors", "1")]
     posts = {"bad": bad, **{f"good-{i}": [registered(unique()) for _ in range(PART_EVENTS + i)] for i in range(4)}}
     results = post_at_once(ledger, cast["maker"], posts, NotFound)
@@ -286,8 +283,6 @@ def test_a_large_post_leaves_the_state_that_its_events_posted_one_at_a_time_leav
     events change rows that its earlier parts' events changed (batches created in one part and
     shipped from or split again in another, their holdings, their lineage). The state tables
     must end as if every event had been posted alone."""
-    from ledger.store import PART_EVENTS
-
     older, parent, child_a, child_b = unique(), unique(), unique(), unique()
 
     def filler():
@@ -408,9 +403,6 @@ def test_the_database_refuses_update_and_delete_of_events(ledger, cast, statemen
 
 
 def test_postgres_refuses_truncate(postgres_url, clock):
-    from ledger.services import Ledger
-    from tests.conftest import settings_for
-
     opened = Ledger.open(settings_for(postgres_url), clock=clock)
     with pytest.raises(DBAPIError, match="append-only"), opened.engine.begin() as conn:
         conn.execute(text("TRUNCATE events"))
@@ -422,8 +414,6 @@ def test_statements_kept_on_their_indexes_are_not_jit_compiled(postgres_url, clo
     """With sequential scans priced out, a scan of a table with no useful index costs more
     than `jit_above_cost`: compiling it took 10-100 ms where it runs in 0.5."""
     from ledger.recorders import recorder_for
-    from ledger.services import Ledger
-    from tests.conftest import settings_for
 
     opened = Ledger.open(settings_for(postgres_url), clock=clock)
     with opened.engine.connect() as conn:
@@ -441,8 +431,6 @@ def test_reads_run_in_autocommit_from_a_pool_that_closing_the_ledger_closes(post
     from sqlalchemy.pool import NullPool
 
     from ledger.db import reader
-    from ledger.services import Ledger
-    from tests.conftest import settings_for
 
     watcher = create_engine(postgres_url, poolclass=NullPool)
 
@@ -470,9 +458,6 @@ def test_the_append_connection_goes_back_to_the_pool_out_of_autocommit(postgres_
     sends BEGIN and COMMIT with its statements). A connection it gives back must not take
     that mode to the next user of the pool, whose transaction would then commit statement by
     statement."""
-    from ledger.services import Ledger
-    from tests.conftest import settings_for
-
     opened = Ledger.open(settings_for(postgres_url), clock=clock)
     try:
         post(opened, parties(opened)["maker"], registered(unique()))
@@ -492,9 +477,6 @@ def test_the_append_connection_goes_back_to_the_pool_out_of_autocommit(postgres_
 @pytest.fixture
 def second(database_url, clock):
     """Another store on the same database, as a second API process would have."""
-    from ledger.services import Ledger
-    from tests.conftest import settings_for
-
     opened = Ledger.open(settings_for(database_url), clock=clock)
     yield opened
     opened.close()
@@ -524,9 +506,6 @@ def test_writers_in_two_processes_see_each_others_writes(ledger, second, cast):
 def test_a_writer_that_finds_the_log_locked_by_another_waits_its_turn(postgres_url, clock):
     """While another connection holds the log's lock, a post on the fast path (the store has
     committed before, so its cache is warm) waits for it, then lands at the next position."""
-    from ledger.services import Ledger
-    from tests.conftest import settings_for
-
     opened = Ledger.open(settings_for(postgres_url), clock=clock)
     cast = parties(opened)
     try:
@@ -609,8 +588,6 @@ def test_a_large_post_rejected_after_losing_a_race_to_another_process_writes_not
     """Another process moved the head, so the first attempt fails on the log's positions and
     the post is decided again under the lock, sending its parts as it goes; its rejection
     after those parts is then decided once more with nothing sent."""
-    from ledger.store import PART_EVENTS
-
     post(ledger, cast["maker"], registered(unique()))
     post(second, cast["maker"], registered(unique()))
     raws = [registered(unique()) for _ in range(2 * PART_EVENTS + 10)] + [shipped("NO-SUCH", "S-1", "pune-motors", "1")]
