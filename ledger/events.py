@@ -37,6 +37,11 @@ HS_CODE = re.compile(r"^[0-9]{4}(\.?[0-9]{2}){0,3}$")
 
 MASS_PLACES = 6
 MAX_MASS_KG = Decimal(1000000000000)
+PLAIN_MASS = re.compile(r"[1-9][0-9]{0,11}(\.[0-9]{0,5}[1-9])?|0\.[0-9]{0,5}[1-9]")
+"""A mass already in its normal form and in range: above zero, below MAX_MASS_KG, at most
+MASS_PLACES places, no leading or trailing zeros. Such a text is its own normalized value."""
+PLAIN_PERCENT = re.compile(r"[1-9]?[0-9](\.[0-9]{0,5}[1-9])?")
+"""The same for a percentage below 100."""
 FUTURE_SKEW = timedelta(minutes=5)
 COUNTRY_CODES = frozenset(iso3166.countries_by_alpha2)
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -103,25 +108,37 @@ class Mass(fields.Field):
     """A positive mass in kilograms, from a JSON string or number, normalized to a decimal string."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-            raise ValidationError("must be a decimal number of kilograms, as a string or number")
-        if isinstance(value, str) and not re.fullmatch(r"-?\d+(\.\d+)?", value):
-            raise ValidationError("must be a plain decimal such as \"250.5\"")
-        try:
-            amount = Decimal(value)
-        except InvalidOperation:
-            raise ValidationError("must be a decimal number") from None
-        if not amount.is_finite() or amount <= 0:
-            raise ValidationError("must be greater than zero")
-        if amount > MAX_MASS_KG:
-            raise ValidationError(f"must be at most {MAX_MASS_KG} kg")
-        if amount.normalize().as_tuple().exponent < -MASS_PLACES:
-            raise ValidationError(f"must have at most {MASS_PLACES} decimal places")
-        return format_mass(amount)
+        if type(value) is str and PLAIN_MASS.fullmatch(value):
+            return value
+        return _mass_by_decimal(value)
+
+
+def _mass_by_decimal(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise ValidationError("must be a decimal number of kilograms, as a string or number")
+    if isinstance(value, str) and not re.fullmatch(r"-?\d+(\.\d+)?", value):
+        raise ValidationError("must be a plain decimal such as \"250.5\"")
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise ValidationError("must be a decimal number") from None
+    if not amount.is_finite() or amount <= 0:
+        raise ValidationError("must be greater than zero")
+    if amount > MAX_MASS_KG:
+        raise ValidationError(f"must be at most {MAX_MASS_KG} kg")
+    if amount.normalize().as_tuple().exponent < -MASS_PLACES:
+        raise ValidationError(f"must have at most {MASS_PLACES} decimal places")
+    return format_mass(amount)
 
 
 def _percent(value) -> str:
     """A share of 0 to 100 percent, normalized like a mass."""
+    if type(value) is str and PLAIN_PERCENT.fullmatch(value):
+        return value
+    return _percent_by_decimal(value)
+
+
+def _percent_by_decimal(value) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
         raise ValidationError("must be a percentage between 0 and 100")
     try:
@@ -215,6 +232,8 @@ class WholeNumber(fields.Integer):
         super().__init__(strict=True, validate=validate.Range(min=minimum, max=MAX_SAFE_INTEGER), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if type(value) is int:
+            return value  # marshmallow's own check of a plain int asks an abstract base class, at 1 µs
         if isinstance(value, bool):
             raise ValidationError("must be a whole number")
         return super()._deserialize(value, attr, data, **kwargs)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from marshmallow import fields
 
 from ledger.errors import Invalid, TooLarge
 from ledger.events import EVENT_TYPES, format_time, loads, mass_to_mg, mg_to_mass, parse_event, parse_post
@@ -178,6 +179,36 @@ def test_batch_posts_name_fields_by_index_and_are_bounded():
 def test_humanitarian_must_be_a_real_boolean():
     raw = event("enduse.declared", "B-1", {**VALID_DATA["enduse.declared"], "humanitarian": "yes"})
     assert "data.humanitarian" in errors_of(raw)
+
+
+DECIMAL_TEXTS = st.from_regex(r"-?[0-9]{1,14}(\.[0-9]{0,8})?", fullmatch=True)
+NUMBERS = st.one_of(DECIMAL_TEXTS, st.integers(-10, 10**13), st.decimals(allow_nan=False, places=7), st.booleans(),
+                    st.sampled_from(["1e3", " 5", "5 ", "+5", ".5", "5.", "NaN", "Infinity", "", "١٢", "1٢", "٢", "1.٥"]))
+
+
+def _answer(function, value):
+    from marshmallow import ValidationError
+
+    try:
+        return function(value)
+    except ValidationError as error:
+        return error.messages
+
+
+@settings(max_examples=2000, deadline=None)
+@given(NUMBERS)
+def test_masses_and_percentages_in_normal_form_are_taken_as_they_are_and_all_others_by_decimal(value):
+    """A text already in its normal form skips the decimal arithmetic: whatever the short way
+    answers must be what the decimal way answers, for every value either way may meet."""
+    from ledger.events import ENVELOPE, Mass, _mass_by_decimal, _percent, _percent_by_decimal
+
+    assert _answer(_percent, value) == _answer(_percent_by_decimal, value), value
+    mass = Mass()
+    assert _answer(lambda v: mass._deserialize(v, "mass_kg", {}), value) == _answer(_mass_by_decimal, value), value
+    if not isinstance(value, bool):
+        whole = ENVELOPE.fields["expected_version"]
+        plain = fields.Integer(strict=True, allow_none=True, validate=whole.validators)
+        assert _answer(whole.deserialize, value) == _answer(plain.deserialize, value), value
 
 
 # --- the quick load agrees with marshmallow's ------------------------------------------------
