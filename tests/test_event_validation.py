@@ -9,10 +9,24 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from marshmallow import fields
+from marshmallow import ValidationError, fields
 
 from ledger.errors import Invalid, TooLarge
-from ledger.events import EVENT_TYPES, format_time, loads, mass_to_mg, mg_to_mass, parse_event, parse_post
+from ledger.events import (
+    ENVELOPE,
+    EVENT_TYPES,
+    Mass,
+    Text,
+    _mass_by_decimal,
+    _percent,
+    _percent_by_decimal,
+    format_time,
+    loads,
+    mass_to_mg,
+    mg_to_mass,
+    parse_event,
+    parse_post,
+)
 from tests.helpers import event, registered
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -187,8 +201,6 @@ NUMBERS = st.one_of(DECIMAL_TEXTS, st.integers(-10, 10**13), st.decimals(allow_n
 
 
 def _answer(function, value):
-    from marshmallow import ValidationError
-
     try:
         return function(value)
     except ValidationError as error:
@@ -197,16 +209,19 @@ def _answer(function, value):
 
 @settings(max_examples=2000, deadline=None)
 @given(NUMBERS)
-def test_masses_and_percentages_in_normal_form_are_taken_as_they_are_and_all_others_by_decimal(value):
-    """A text already in its normal form skips the decimal arithmetic: whatever the short way
-    answers must be what the decimal way answers, for every value either way may meet."""
-    from ledger.events import ENVELOPE, Mass, _mass_by_decimal, _percent, _percent_by_decimal
-
+def test_values_in_normal_form_are_taken_as_they_are_and_all_others_the_long_way(value):
+    """A mass or percentage already in its normal form skips the decimal arithmetic, a plain
+    int and a plain str skip marshmallow's type checks: whatever the short way answers must be
+    what the long way answers, for every value either way may meet."""
     assert _answer(_percent, value) == _answer(_percent_by_decimal, value), value
     mass = Mass()
     assert _answer(lambda v: mass._deserialize(v, "mass_kg", {}), value) == _answer(_mass_by_decimal, value), value
-    if not isinstance(value, bool):
-        whole = ENVELOPE.fields["expected_version"]
+    for raw in (value, str(value)):
+        assert _answer(Text().deserialize, raw) == _answer(fields.String().deserialize, raw), raw
+    whole = ENVELOPE.fields["expected_version"]
+    if isinstance(value, bool):
+        assert _answer(whole.deserialize, value) == ["must be a whole number"]
+    else:
         plain = fields.Integer(strict=True, allow_none=True, validate=whole.validators)
         assert _answer(whole.deserialize, value) == _answer(plain.deserialize, value), value
 
