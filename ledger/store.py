@@ -152,12 +152,17 @@ class EventStore:
             time.sleep(GATHER_SECONDS)
 
     def _take_group(self) -> list[_Post]:
-        group, count = [], 0
-        while self._queue and (not group or count + len(self._queue[0].events) <= MAX_GROUP_EVENTS):
+        first = self._queue.popleft()
+        return [first, *self._take_queued(len(first.events), MAX_GROUP_EVENTS)]
+
+    def _take_queued(self, count: int, limit: int) -> list[_Post]:
+        """Queued posts, oldest first, as long as their events keep `count` within `limit`."""
+        taken = []
+        while self._queue and count + len(self._queue[0].events) <= limit:
             post = self._queue.popleft()
-            group.append(post)
+            taken.append(post)
             count += len(post.events)
-        return group
+        return taken
 
     def _connection(self) -> Connection:
         """The leader's connection, kept between groups (only one leader runs at a time)."""
@@ -273,12 +278,7 @@ class EventStore:
         to be sent whole. The group's list is extended in place, before their look-ups, so
         that every outcome and retry of the group covers them, a failed look-up included."""
         with self._cond:
-            count = sum(len(post.events) for post in group)
-            joining = []
-            while self._queue and count + len(self._queue[0].events) <= PART_EVENTS:
-                post = self._queue.popleft()
-                joining.append(post)
-                count += len(post.events)
+            joining = self._take_queued(sum(len(post.events) for post in group), PART_EVENTS)
             group.extend(joining)
         if joining:
             state.prefetch_more([(post.actor, post.events) for post in joining], optimistic)
