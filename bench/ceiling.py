@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from unittest import mock
 
+import psycopg
+
 from bench import reference
 from bench.ingest import recreate_database, registration
 from ledger.config import Settings
@@ -76,6 +78,13 @@ def writing_only(tables: frozenset[str]):
         yield
 
 
+def drop_databases(admin_url: str, names: list[str]) -> None:
+    """The variants' logs are not ledgers anyone should keep."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def postgres_cpu() -> float:
     """CPU seconds used so far by every PostgreSQL process on this machine."""
     used = 0.0
@@ -111,7 +120,8 @@ class Store:
 
     def __init__(self, admin_url: str, variant: Variant, index: int):
         self.variant = variant
-        url = recreate_database(admin_url, f"magledger_ceiling_{index}")
+        self.database = f"magledger_ceiling_{index}"
+        url = recreate_database(admin_url, self.database)
         self.ledger = Ledger.open(Settings.from_env({"DATABASE_URL": url}), migrate=True)
         self.ledger.store.keep_tree = variant.keep_tree
         self.actor, _key = self.ledger.parties.register("bench-maker", "Bench Maker", "CN", "partner")
@@ -162,6 +172,7 @@ def main() -> None:
     finally:
         for store in stores:
             store.ledger.close()
+        drop_databases(args.url, [store.database for store in stores] + [REFERENCE_DB])
     print(f"medians; ratios to each round's reference (Application, {PER_APPEND} per transaction: "
           f"{statistics.median(references):,.0f} events/s), target (b) {TARGET:g}x")
     print(f"  {'variant':<28} {'events/s':>9} {'ratio':>7}  {'client µs':>9} {'PostgreSQL µs':>13}  rounds' ratios")
