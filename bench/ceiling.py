@@ -25,20 +25,18 @@ backend, the WAL writer, the checkpointer), read from /proc, so this runs on Lin
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from unittest import mock
 
 import psycopg
 
 from bench import reference
-from bench.ingest import recreate_database, registration
+from bench.ingest import processes_cpu, recreate_database, registration
 from ledger.config import Settings
 from ledger.events import parse_event
 from ledger.recorders import PostgresRecorder
@@ -87,16 +85,7 @@ def drop_databases(admin_url: str, names: list[str]) -> None:
 
 def postgres_cpu() -> float:
     """CPU seconds used so far by every PostgreSQL process on this machine."""
-    used = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if text[text.find("(") + 1:text.rfind(")")].startswith("postgres"):
-            fields = text.rpartition(")")[2].split()
-            used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return used
+    return sum(processes_cpu(lambda name, _parent: name.startswith("postgres")).values())
 
 
 @dataclass

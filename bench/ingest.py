@@ -172,19 +172,25 @@ def start_server(database_url: str, workdir: Path, workers: int = 2,
     raise RuntimeError("the server did not start; see bench-server.log")
 
 
-def workers_cpu(server: subprocess.Popen) -> dict[int, float]:
-    """CPU seconds each of the server's worker processes has used so far (Linux), to show how
-    the clients' connections fell between them: a worker holding most of them is bound by its
-    own interpreter lock while the other idles."""
+def processes_cpu(chosen: Callable[[str, int], bool]) -> dict[int, float]:
+    """CPU seconds used so far (Linux) by each process that `chosen(name, parent_pid)` picks."""
     used = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            text = stat.read_text()
         except OSError:
             continue
-        if int(fields[1]) == server.pid:
+        fields = text.rpartition(")")[2].split()
+        if chosen(text[text.find("(") + 1:text.rfind(")")], int(fields[1])):
             used[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return used
+
+
+def workers_cpu(server: subprocess.Popen) -> dict[int, float]:
+    """CPU seconds each of the server's worker processes has used so far, to show how the
+    clients' connections fell between them: a worker holding most of them is bound by its
+    own interpreter lock while the other idles."""
+    return processes_cpu(lambda _name, parent: parent == server.pid)
 
 
 def print_split(before: dict[int, float], after: dict[int, float]) -> None:
