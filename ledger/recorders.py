@@ -154,6 +154,10 @@ class SqlRecorder:
         rolled back if it raises. `streamed`: writes will be sent while the caller goes on."""
         return self.conn.begin()
 
+    def use_for_appends(self) -> None:
+        """Set up the connection the append leader keeps between groups."""
+        self.prefer_index_lookups(session=True)
+
     def prefer_index_lookups(self, session: bool = False) -> None:
         """Keep key look-ups on their indexes even when the planner's statistics are stale."""
 
@@ -192,6 +196,17 @@ class PostgresRecorder(SqlRecorder):
             head = lock.fetchone()[0]
             self.edge_at_lock = (head, edge.fetchall())
             return head, found()
+
+    def use_for_appends(self) -> None:
+        """Also no server-side prepared statements on this connection. A large group's
+        transaction runs in psycopg's pipeline mode. When the server fails one of its
+        statements (another writer holds the lock), it skips those behind it, and psycopg 3.3
+        can keep in its cache a statement it asked the server to prepare among them: the
+        connection's next run of that statement fails ("prepared statement "_pg3_0" does not
+        exist"; once a 500 to a post in bench/ingest). The statements are planned at every
+        run anyway (`plan_cache_mode=force_custom_plan`); preparing only saved parsing them."""
+        self.raw.prepare_threshold = None
+        super().use_for_appends()
 
     def lock_without_waiting(self) -> None:
         """Ask for the log's lock (held until commit); the transaction fails at once,

@@ -173,7 +173,7 @@ class EventStore:
             if self._sends_parts:
                 # The recorder sends BEGIN and COMMIT itself, with the statements between.
                 conn.execution_options(isolation_level="AUTOCOMMIT")
-            recorder_for(conn).prefer_index_lookups(session=True)
+            recorder_for(conn).use_for_appends()
             if conn.in_transaction():
                 conn.commit()
         return self._conn
