@@ -611,22 +611,28 @@ def test_a_wrong_assumption_in_one_post_does_not_fail_the_others_in_its_group(le
 
 
 FRESH_NODES = itertools.count(1_000_000_000)
-STREAMED_STEPS = st.lists(st.sampled_from(["insert", "insert or skip", "look up"]), min_size=1, max_size=8)
+TAKEN_NODE = 999_999_999
+STREAMED_STEPS = st.lists(st.sampled_from(["insert", "insert or skip", "look up", "insert a taken key"]),
+                          min_size=1, max_size=8)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=st.lists(st.tuples(st.booleans(), STREAMED_STEPS), min_size=1, max_size=20))
 def test_streamed_transactions_that_fail_leave_the_connection_usable(postgres_url, plan):
-    """A large group's transaction runs in psycopg's pipeline mode, and fails when another
-    writer holds the log's lock (the unlocked path). psycopg 3.3 can leave a statement it
-    meant to prepare in such a pipeline in its cache while the server never prepared it;
-    the connection's next run of that statement then failed with "prepared statement
-    "_pg3_2" does not exist" (seen once in bench/ingest, as a 500 to a 500-event post).
-    For any sequence of transactions, failed or not, each later one must still run."""
+    """A large group's transaction runs in psycopg's pipeline mode, and the server fails it
+    when another writer holds the log's lock or took a key first (the unlocked path).
+    psycopg 3.3 could then keep in its cache a statement that it meant to prepare in that
+    pipeline but that the server never prepared, and the connection's next run of it failed
+    ("prepared statement "_pg3_2" does not exist", seen once in bench/ingest as a 500 to a
+    500-event post). The store sets its connection up with `use_for_appends`. For any
+    sequence of transactions, each fails exactly when it should, and each later one runs."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
     from ledger.recorders import Write, WriteConflict, recorder_for
+
+    def insert(node: int, keys: tuple[str, ...] = ()) -> Write:
+        return Write("merkle_nodes", [{"node": node, "hash": "00" * 32}], keys)
 
     engine = create_engine(postgres_url, poolclass=NullPool)
     holder = engine.connect()
@@ -635,7 +641,10 @@ def test_streamed_transactions_that_fail_leave_the_connection_usable(postgres_ur
             conn.execution_options(isolation_level="AUTOCOMMIT")
             recorder = recorder_for(conn)
             recorder.use_for_appends()
+            with recorder.transaction(streamed=True):
+                recorder.write([insert(TAKEN_NODE, ("node",))])
             for held, steps in [*plan, (False, ["insert", "insert or skip", "look up"])]:
+                fails = held or "insert a taken key" in steps
                 if held:
                     holder.execute(text("SELECT 1 FROM log_head WHERE id = 1 FOR UPDATE"))
                 try:
@@ -644,12 +653,13 @@ def test_streamed_transactions_that_fail_leave_the_connection_usable(postgres_ur
                         for step in steps:
                             if step == "look up":
                                 recorder.select_many([("merkle_nodes", "node", [1, 2, 3])])
+                            elif step == "insert a taken key":
+                                recorder.write([insert(TAKEN_NODE)])
                             else:
-                                keys = ("node",) if step == "insert or skip" else ()
-                                recorder.write([Write("merkle_nodes", [{"node": next(FRESH_NODES), "hash": "00" * 32}], keys)])
-                    assert not held, "the lock was held by another writer"
+                                recorder.write([insert(next(FRESH_NODES), ("node",) if step == "insert or skip" else ())])
+                    assert not fails, "the transaction should have failed"
                 except WriteConflict:
-                    assert held
+                    assert fails
                 finally:
                     if held:
                         holder.rollback()
