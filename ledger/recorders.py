@@ -200,11 +200,12 @@ class PostgresRecorder(SqlRecorder):
     def use_for_appends(self) -> None:
         """Also no server-side prepared statements on this connection. A large group's
         transaction runs in psycopg's pipeline mode. When the server fails one of its
-        statements (another writer holds the lock), it skips those behind it, and psycopg 3.3
-        can keep in its cache a statement it asked the server to prepare among them: the
-        connection's next run of that statement fails ("prepared statement "_pg3_0" does not
-        exist"; once a 500 to a post in bench/ingest). The statements are planned at every
-        run anyway (`plan_cache_mode=force_custom_plan`); preparing only saved parsing them."""
+        statements (another writer holds the lock or took the positions), it skips those
+        behind it, and psycopg 3.3 can keep in its cache a statement it asked the server to
+        prepare among them: the connection's next run of that statement fails ("prepared
+        statement "_pg3_2" does not exist"; once a 500 to a post in bench/ingest). The
+        statements are planned at every run anyway (`plan_cache_mode=force_custom_plan`);
+        preparing only saved parsing them."""
         self.raw.prepare_threshold = None
         super().use_for_appends()
 
