@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -608,6 +609,61 @@ def test_a_wrong_assumption_in_one_post_does_not_fail_the_others_in_its_group(le
     assert isinstance(results["taken"], Conflict)
     assert all(results[f"new-{i}"].created for i in range(5))
     assert ledger.store.count() == 6
+
+
+def waiting_on_locks(conn) -> int:
+    return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND wait_event_type = 'Lock'")).scalar_one()
+
+
+@pytest.mark.parametrize("cause", ["another process moved the head", "another process holds the lock",
+                                   "another process registered one of its batches"])
+def test_a_large_post_that_loses_its_fast_path_is_decided_again_and_the_next_posts_are_written(
+        postgres_url, clock, cause):
+    """A large post on the fast path has sent parts of its writes when the server fails its
+    transaction: another process took its positions (perhaps registering one of its batches),
+    or holds the log's lock (asked for without waiting). It is decided again under the lock,
+    and written whole, or refused whole when one of its batches was taken; the posts after it
+    are written at the next positions."""
+    first, other = (Ledger.open(settings_for(postgres_url), clock=clock) for _ in range(2))
+    cast = parties(first)
+    size = PART_EVENTS + 50
+
+    def large_post(*raws):
+        return post(first, cast["maker"], *(registered(unique()) for _ in range(size)), *raws)
+
+    try:
+        large_post()
+        large_post()
+        if cause == "another process moved the head":
+            post(other, cast["maker"], registered(unique()))
+            assert large_post().receipts[0]["position"] == 2 * size + 2
+        elif cause == "another process holds the lock":
+            done: dict = {}
+            writer = threading.Thread(target=lambda: done.update(result=large_post()))
+            with other.engine.connect() as holder:
+                holder.execute(text("SELECT last_position FROM log_head WHERE id = 1 FOR UPDATE"))
+                writer.start()
+                deadline = time.monotonic() + 30
+                while waiting_on_locks(holder) == 0 and writer.is_alive() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert writer.is_alive(), "the post must wait for the other writer's lock"
+                holder.rollback()
+            writer.join(timeout=30)
+            assert done["result"].receipts[0]["position"] == 2 * size + 1
+        else:
+            taken = registered(unique())
+            post(other, cast["maker"], taken)
+            with pytest.raises(Conflict):
+                large_post(dict(taken, event_id=str(uuid.uuid4())))
+        written = first.store.count()
+        for _ in range(3):
+            assert [r["position"] for r in large_post().receipts] == list(range(written + 1, written + size + 1))
+            written += size
+        assert [event.position for event in first.store.feed(limit=10_000)] == list(range(1, written + 1))
+    finally:
+        first.close()
+        other.close()
 
 
 FRESH_NODES = itertools.count(1_000_000_000)
