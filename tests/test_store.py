@@ -650,6 +650,7 @@ def test_a_large_post_that_loses_its_fast_path_is_decided_again_and_the_next_pos
                 assert writer.is_alive(), "the post must wait for the other writer's lock"
                 holder.rollback()
             writer.join(timeout=30)
+            assert "result" in done, "the post that waited for the lock failed or never finished"
             assert done["result"].receipts[0]["position"] == 2 * size + 1
         else:
             taken = registered(unique())
